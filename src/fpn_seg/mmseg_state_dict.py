@@ -1,0 +1,116 @@
+"""Key mapping from mmsegmentation `sem_fpn` state dicts (and ImageNet ResNetV1c files) to ours.
+
+mmseg name                                        ours
+`backbone.<rest>`                                 `backbone.<rest>` (same module layout)
+`neck.{lateral,fpn}_convs.<i>.conv.<p>`           `neck.{lateral,fpn}_convs.<i>.<p>`
+`decode_head.scale_heads.<i>.<2k>.conv.<p>`       `decode_head.scale_heads.<i>.<k>.conv.<p>` (odd mmseg indices are
+`decode_head.scale_heads.<i>.<2k>.bn.<p>`         `decode_head.scale_heads.<i>.<k>.norm.<p>`  parameter-free upsamples)
+`decode_head.conv_seg.<p>`                        `decode_head.classifier.<p>`
+
+The mapping is strict: every key is used once, and the result must match the target model's keys and shapes.
+"""
+
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+_RULES = (
+    (re.compile(r"^backbone\.(.+)$"), r"backbone.\1"),
+    (re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$"), r"neck.\1.\2.\3"),
+    (re.compile(r"^decode_head\.conv_seg\.(weight|bias)$"), r"decode_head.classifier.\1"),
+)
+_SCALE_HEAD = re.compile(r"^decode_head\.scale_heads\.(\d+)\.(\d+)\.(conv|bn)\.(\w+)$")
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict does not fit the target model: lists the missing, unexpected and wrongly shaped keys."""
+
+    def __init__(self, missing=(), unexpected=(), wrong_shapes=(), source="checkpoint"):
+        self.missing, self.unexpected, self.wrong_shapes = list(missing), list(unexpected), list(wrong_shapes)
+        lines = [f"The {source} does not match the model:"]
+        if self.missing:
+            lines.append(f"  missing keys ({len(self.missing)}): {', '.join(self.missing[:20])}")
+        if self.unexpected:
+            lines.append(f"  unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected[:20])}")
+        for key, got, expected in self.wrong_shapes[:20]:
+            lines.append(f"  wrong shape for {key}: checkpoint {tuple(got)}, model {tuple(expected)}")
+        super().__init__("\n".join(lines))
+
+
+def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the `module.` prefix that DataParallel / DDP checkpoints carry."""
+    return {key[len("module.") :] if key.startswith("module.") else key: value for key, value in state_dict.items()}
+
+
+def map_mmseg_key(key: str) -> str | None:
+    """Our name for one mmseg `sem_fpn` key, or `None` when the key has no counterpart."""
+    match = _SCALE_HEAD.match(key)
+    if match:
+        level, index, kind, param = match.groups()
+        if int(index) % 2:
+            return None
+        return f"decode_head.scale_heads.{level}.{int(index) // 2}.{'conv' if kind == 'conv' else 'norm'}.{param}"
+    for pattern, replacement in _RULES:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    return None
+
+
+def _check_against(mapped, target: Mapping[str, torch.Tensor], unmapped, source) -> None:
+    missing = sorted(set(target) - set(mapped))
+    unexpected = sorted(set(unmapped) | (set(mapped) - set(target)))
+    wrong_shapes = [
+        (key, value.shape, target[key].shape)
+        for key, value in mapped.items()
+        if key in target and tuple(value.shape) != tuple(target[key].shape)
+    ]
+    if missing or unexpected or wrong_shapes:
+        raise CheckpointMismatchError(missing, unexpected, wrong_shapes, source)
+
+
+def convert_mmseg_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: str = "mmseg checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Map a mmseg `sem_fpn` state dict (`ckpt["state_dict"]`) onto `model`'s keys, strictly.
+
+    Raises [`CheckpointMismatchError`] listing every missing, unexpected or wrongly shaped key. `model` may live on
+    the meta device: only its key names and shapes are read.
+    """
+    mapped, unmapped = {}, []
+    for key, value in strip_module_prefix(state_dict).items():
+        new_key = map_mmseg_key(key)
+        if new_key is None or new_key in mapped:
+            unmapped.append(key)
+        else:
+            mapped[new_key] = value
+    _check_against(mapped, model.state_dict(), unmapped, source)
+    return mapped
+
+
+def convert_mmseg_backbone_state_dict(
+    state_dict: Mapping[str, torch.Tensor], backbone: nn.Module, source: str = "ImageNet ResNetV1c checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Map an ImageNet ResNetV1c file (bare `stem.*` / `layerN.*` keys; the classifier `fc.*` is dropped) onto
+    `backbone`'s keys, strictly. A `backbone.` prefix (a backbone cut out of a segmentor) is accepted too."""
+    mapped, unmapped = {}, []
+    for key, value in strip_module_prefix(state_dict).items():
+        if key.startswith("fc."):
+            continue
+        key = key[len("backbone.") :] if key.startswith("backbone.") else key
+        if key in mapped:
+            unmapped.append(key)
+        else:
+            mapped[key] = value
+    _check_against(mapped, backbone.state_dict(), unmapped, source)
+    return mapped
+
+
+__all__ = [
+    "CheckpointMismatchError",
+    "convert_mmseg_backbone_state_dict",
+    "convert_mmseg_state_dict",
+    "map_mmseg_key",
+    "strip_module_prefix",
+]

@@ -1,0 +1,203 @@
+"""mmsegmentation's ResNet (V1b / V1c / V1d) as a transformers backbone.
+
+Module names follow mmseg's `ResNetV1c` (`stem.0`, `layer1.0.conv1`, `layer1.0.downsample.0`, ...), so a mmseg
+backbone state dict loads after stripping its `backbone.` prefix. Hub code: imports only sibling hub files.
+"""
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput
+
+from .configuration_resnet_v1c import ResNetV1cConfig
+
+
+class ResNetV1cBasicBlock(nn.Module):
+    """Two 3x3 convs (stride on the first) with an identity or projection shortcut; expansion 1."""
+
+    expansion = 1
+
+    def __init__(self, in_channels, planes, stride, dilation, downsample, eps):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes, eps=eps)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
+        hidden_states = self.bn2(self.conv2(hidden_states))
+        return self.relu(hidden_states + shortcut)
+
+
+class ResNetV1cBottleneck(nn.Module):
+    """1x1 -> 3x3 (carries the stride: mmseg's "pytorch" style) -> 1x1 with 4x expansion, plus the shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_channels, planes, stride, dilation, downsample, eps):
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes, eps=eps)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=eps)
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels, eps=eps)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
+        hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
+        hidden_states = self.relu(self.bn2(self.conv2(hidden_states)))
+        hidden_states = self.bn3(self.conv3(hidden_states))
+        return self.relu(hidden_states + shortcut)
+
+
+def _make_stage(config: ResNetV1cConfig, stage: int, in_channels: int) -> nn.Sequential:
+    block = ResNetV1cBasicBlock if config.block_type == "basic" else ResNetV1cBottleneck
+    planes = config.base_channels * 2**stage
+    out_channels = planes * block.expansion
+    stride, dilation, eps = config.strides[stage], config.dilations[stage], config.batch_norm_eps
+    downsample = None
+    if stride != 1 or in_channels != out_channels:
+        layers = []
+        if config.avg_down and stride != 1:  # V1d: pool first, then a stride-1 projection
+            layers.append(nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False))
+            stride_of_conv = 1
+        else:
+            stride_of_conv = stride
+        layers += [
+            nn.Conv2d(in_channels, out_channels, 1, stride_of_conv, bias=False),
+            nn.BatchNorm2d(out_channels, eps=eps),
+        ]
+        downsample = nn.Sequential(*layers)
+    blocks = [block(in_channels, planes, stride, dilation, downsample, eps)]
+    for _ in range(1, config.stage_depths[stage]):
+        blocks.append(block(out_channels, planes, 1, dilation, None, eps))
+    return nn.Sequential(*blocks)
+
+
+class ResNetV1cPreTrainedModel(PreTrainedModel):
+    config: ResNetV1cConfig
+    base_model_prefix = "resnet_v1c"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["ResNetV1cBasicBlock", "ResNetV1cBottleneck"]
+
+    def _init_weights(self, module):
+        """mmseg's ResNet initialisation: kaiming-normal (fan_out) convs, unit BatchNorms."""
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            if getattr(module, "num_batches_tracked", None) is not None:
+                init.zeros_(module.num_batches_tracked)
+
+
+class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
+    """ResNetV1c backbone returning the feature maps named in `config.out_features` (strides 4, 8, 16, 32).
+
+    `stage_names = ["stem", "stage1", ..., "stage4"]`; "stem" is the max-pooled stem output (stride 4).
+    """
+
+    has_attentions = False
+
+    def __init__(self, config: ResNetV1cConfig):
+        super().__init__(config)
+        stem_width = config.stem_channels
+        eps = config.batch_norm_eps
+        if config.deep_stem:
+            half = stem_width // 2
+            self.stem = nn.Sequential(
+                nn.Conv2d(config.num_channels, half, 3, 2, padding=1, bias=False),
+                nn.BatchNorm2d(half, eps=eps),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(half, half, 3, 1, padding=1, bias=False),
+                nn.BatchNorm2d(half, eps=eps),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(half, stem_width, 3, 1, padding=1, bias=False),
+                nn.BatchNorm2d(stem_width, eps=eps),
+                nn.ReLU(inplace=True),
+            )
+        else:
+            self.conv1 = nn.Conv2d(config.num_channels, stem_width, 7, 2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(stem_width, eps=eps)
+            self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_channels = stem_width
+        for stage in range(4):
+            self.add_module(f"layer{stage + 1}", _make_stage(config, stage, in_channels))
+            in_channels = config.hidden_sizes[stage]
+        self.num_features = [stem_width] + config.hidden_sizes
+        self.post_init()
+        self._freeze_stages()
+
+    def _stem_modules(self) -> list[nn.Module]:
+        return [self.stem] if self.config.deep_stem else [self.conv1, self.bn1]
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.config.frozen_stages < 0:
+            return []
+        return self._stem_modules() + [getattr(self, f"layer{i}") for i in range(1, self.config.frozen_stages + 1)]
+
+    def _freeze_stages(self):
+        for module in self._frozen_modules():
+            for parameter in module.parameters():
+                parameter.requires_grad = False
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, but frozen stages, and every BatchNorm when `config.norm_eval`, stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.config.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        """`pixel_values` (B, C, H, W) -> `feature_maps`: one (B, C_i, ceil(H / s_i), ceil(W / s_i)) per out feature.
+
+        `hidden_states` (when asked) holds all five stage outputs, stem first.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if self.config.deep_stem:
+            hidden_states = self.stem(pixel_values)
+        else:
+            hidden_states = self.relu(self.bn1(self.conv1(pixel_values)))
+        hidden_states = self.maxpool(hidden_states)  # (B, stem_channels, H/4, W/4)
+        stage_outputs = [hidden_states]
+        for stage in range(1, 5):
+            hidden_states = getattr(self, f"layer{stage}")(hidden_states)  # (B, C_stage, H/s, W/s)
+            stage_outputs.append(hidden_states)
+        feature_maps = tuple(
+            output for name, output in zip(self.stage_names, stage_outputs) if name in self.out_features
+        )
+        hidden = tuple(stage_outputs) if output_hidden_states else None
+        if not return_dict:
+            return (feature_maps,) + ((hidden,) if hidden is not None else ())
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)
+
+
+__all__ = ["ResNetV1cBackbone", "ResNetV1cPreTrainedModel"]
