@@ -1,0 +1,53 @@
+"""Shared test helpers: reference fixtures and tiny model configs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fpn_seg import ResNetV1cConfig, SemanticFPNConfig
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# The reference files made with the real mmsegmentation 1.2.2 (see tests/fixtures/README.md).
+REFERENCE_MODELS = {
+    "fpn_r50_c19_97x130_w16_b2": {"depth": 50, "num_labels": 19},
+    "fpn_r101_c19_97x130_w16_b2": {"depth": 101, "num_labels": 19},
+    "fpn_r50_c150_64x96_w16": {"depth": 50, "num_labels": 150},
+}
+
+
+def reference_config(name: str) -> SemanticFPNConfig:
+    """The narrowed (`_w16`) architecture of a reference fixture: base width 16, neck 32, head 16."""
+    spec = REFERENCE_MODELS[name]
+    return SemanticFPNConfig(
+        backbone_config=ResNetV1cConfig(depth=spec["depth"], stem_channels=16, base_channels=16),
+        neck_channels=32,
+        head_channels=16,
+        id2label={i: f"class_{i}" for i in range(spec["num_labels"])},
+    )
+
+
+def load_reference(name: str) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays of the `.npz`, the `.pth` checkpoint dict) of a reference fixture."""
+    arrays = dict(np.load(FIXTURES / f"{name}.npz"))
+    checkpoint = torch.load(FIXTURES / f"{name}.pth", map_location="cpu", weights_only=True)
+    return arrays, checkpoint
+
+
+def tiny_config(num_labels: int = 4, depth: int = 18, **kwargs) -> SemanticFPNConfig:
+    """A model small enough for CPU unit tests (a few thousand parameters)."""
+    return SemanticFPNConfig(
+        backbone_config=ResNetV1cConfig(depth=depth, stem_channels=8, base_channels=8),
+        neck_channels=16,
+        head_channels=8,
+        id2label={i: f"class_{i}" for i in range(num_labels)},
+        **kwargs,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
