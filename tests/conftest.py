@@ -1,5 +1,8 @@
 """Shared test helpers: reference fixtures and tiny model configs."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,23 @@ def tiny_config(num_labels: int = 4, depth: int = 18, **kwargs) -> SemanticFPNCo
         head_channels=8,
         id2label={i: f"class_{i}" for i in range(num_labels)},
         **kwargs,
+    )
+
+
+def run_without_fpn_seg(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter where `fpn_seg` is not importable (as on a machine without the package),
+    offline, with its own transformers modules cache. The code should assert and print what it checked."""
+    script = Path(cwd) / "_without_fpn_seg.py"
+    script.write_text(
+        "import os, sys\n"
+        "sys.path[:] = [p for p in sys.path if not os.path.isdir(os.path.join(p or '.', 'fpn_seg'))]\n"
+        "import importlib.util\n"
+        "assert importlib.util.find_spec('fpn_seg') is None, 'fpn_seg must not be importable here'\n" + code
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(Path(cwd) / "hf_modules"), HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, "-I", str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -137,8 +137,12 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
 
 
 def build_backbone(config: SemanticFPNConfig) -> nn.Module:
-    """The backbone of `config`; ours is built directly so that remote-code loading needs no Auto registration."""
-    if isinstance(config.backbone_config, ResNetV1cConfig):
+    """The backbone of `config`; ours is built directly so that remote-code loading needs no Auto registration.
+
+    Compared by `model_type`, not class: under `trust_remote_code` the config and the model may come from two copies
+    of `configuration_resnet_v1c.py` that transformers caches under different hashes.
+    """
+    if getattr(config.backbone_config, "model_type", None) == ResNetV1cConfig.model_type:
         return ResNetV1cBackbone(config.backbone_config)
     return load_backbone(config)
 
@@ -176,6 +180,8 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        if labels is not None:
+            check_label_values(labels, self.config)
         backbone_outputs = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
         pyramid = self.neck(list(backbone_outputs.feature_maps))  # strides 4..32, neck_channels each
         head_logits = self.decode_head(pyramid)  # (B, num_labels, H/4, W/4)
@@ -202,7 +208,6 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         labels = labels.long()
         ignore_index = self.config.ignore_index
-        check_label_values(labels, self.config)
         pixel_losses = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
         if self.config.loss_average == "all_pixels":
             return pixel_losses.sum() / labels.numel()
