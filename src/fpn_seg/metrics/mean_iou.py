@@ -1,0 +1,489 @@
+"""Mean IoU with exactly the semantics of `evaluate`'s `mean_iou` (itself mmsegmentation's), computed as a streaming
+confusion matrix in torch on the device of the inputs.
+
+Definition (per class `c`, over the whole dataset, on pixels whose reference is not `ignore_index`):
+
+- `intersection[c]`: pixels where prediction == reference == c;
+- `pred_area[c]`: pixels predicted as c; `label_area[c]`: pixels labelled c;
+- `IoU[c] = intersection / (pred_area + label_area - intersection)`, NaN where that union is 0;
+- `accuracy[c] = intersection / label_area`, NaN where the label area is 0;
+- `mean_iou`, `mean_accuracy`: NaN-skipping means; `overall_accuracy = sum(intersection) / sum(label_area)`.
+
+Values outside `0..num_labels-1` on counted pixels are not class ids: a prediction out of range still makes its pixel
+count in the label area of its reference (a miss), and a reference out of range (other than `ignore_index`) still
+makes its pixel count in the prediction area of the predicted class, exactly as evaluate's histograms over
+`range(num_labels)` do. To keep these counts, the accumulator holds a `(num_labels + 1) ** 2` matrix whose last row
+and column gather the out-of-range values; `MeanIoU.confusion_matrix` shows the `num_labels x num_labels` part.
+
+Three ways in: the plain function `mean_iou` (evaluate's signature), the accumulator `MeanIoU`, and
+`make_compute_metrics` for `Trainer(batch_eval_metrics=True)`; the `evaluate` module shipped in
+`fpn_seg/metrics/mean_iou_metric/` runs `mean_iou`.
+"""
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn import functional as F
+
+# The value that evaluate's `reduce_labels` maps 0 to, whatever `ignore_index` is (it is hard-coded there too).
+REDUCED_BACKGROUND = 255
+# The label value with which the Trainer pads labels across processes (`pad_across_processes(pad_index=-100)`).
+TRAINER_PADDING_INDEX = -100
+
+SegmentationMaps = torch.Tensor | np.ndarray | Sequence[Any]
+
+
+def _as_integer_tensor(segmentation_map: Any, name: str, device: torch.device | None) -> torch.Tensor:
+    """One class-id map (tensor, array, PIL image or nested list) -> an int64 tensor (on `device` when given)."""
+    if not isinstance(segmentation_map, torch.Tensor):
+        array = np.asarray(segmentation_map)
+        if array.dtype == object:
+            raise TypeError(f"{name}: expected a class-id map (tensor, array or PIL image), got {type(segmentation_map)}.")
+        if array.dtype.kind == "b":
+            array = array.astype(np.uint8)
+        if not (array.dtype.isnative and array.flags.writeable) or array.dtype.kind == "u" and array.dtype.itemsize > 1:
+            # Big-endian, uint16/32/64 (types torch cannot compute with), or read-only (as PIL's): copy.
+            array = array.astype(np.int64)
+        segmentation_map = torch.from_numpy(np.ascontiguousarray(array))
+    if segmentation_map.is_floating_point():
+        if not bool(torch.all(segmentation_map == segmentation_map.round())):
+            raise TypeError(
+                f"{name}: expected integer class ids, got non-integral {segmentation_map.dtype} values; take the "
+                "argmax over the class dimension of logits first."
+            )
+    elif segmentation_map.is_complex():
+        raise TypeError(f"{name}: expected integer class ids, got {segmentation_map.dtype}.")
+    return segmentation_map.to(device=device, dtype=torch.int64)
+
+
+def _is_single_map(value: Any) -> bool:
+    """A tensor, an array or a PIL image (as opposed to a sequence of maps)."""
+    return isinstance(value, (torch.Tensor, np.ndarray)) or hasattr(value, "getpixel")
+
+
+def _iterate_pairs(predictions: SegmentationMaps, references: SegmentationMaps) -> Iterable[tuple[Any, Any, str]]:
+    """(prediction, reference, position) pairs from two maps / (B, H, W) batches, or from two sequences of maps."""
+    if _is_single_map(predictions) and _is_single_map(references):
+        yield predictions, references, ""
+        return
+    for name, value in (("predictions", predictions), ("references", references)):
+        if not (_is_single_map(value) or isinstance(value, Sequence)):
+            raise TypeError(f"{name}: expected a tensor, an array, a PIL image or a sequence of them, got {type(value)}.")
+    if len(predictions) != len(references):
+        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
+    for position, (prediction, reference) in enumerate(zip(predictions, references)):
+        yield prediction, reference, f"[{position}]"
+
+
+def reduce_reference_labels(references: torch.Tensor) -> torch.Tensor:
+    """evaluate's `reduce_labels`: 0 -> 255, `v` -> `v - 1`, 255 stays 255 (references only; 255 whatever
+    `ignore_index` is, as in evaluate)."""
+    background = (references == 0) | (references == REDUCED_BACKGROUND)
+    return torch.where(background, REDUCED_BACKGROUND, references - 1)
+
+
+def apply_label_map(references: torch.Tensor, label_map: Mapping[int, int]) -> torch.Tensor:
+    """evaluate's `label_map`: every value named in the map is replaced (all looked up on the original values);
+    values it does not name are kept."""
+    if not label_map or references.numel() == 0:
+        return references
+    original = references
+    mapped = references.clone()
+    for old_id, new_id in label_map.items():
+        mapped[original == int(old_id)] = int(new_id)
+    return mapped
+
+
+class MeanIoU:
+    """Streaming confusion matrix for mean IoU, with evaluate's `mean_iou` semantics (see the module docstring).
+
+    The state is one int64 `(num_labels + 1, num_labels + 1)` matrix (rows: reference, columns: prediction, last row
+    and column: values outside `0..num_labels-1`), kept on the device of the first tensors given to `update`; no
+    map is retained between calls, so memory does not depend on the number of images.
+
+    Args:
+        num_labels: number of classes `C`; class ids are `0..C-1`.
+        ignore_index: reference value whose pixels are not counted.
+        reduce_labels: apply evaluate's `reduce_labels` to references (0 -> 255, `v` -> `v - 1`, 255 stays).
+        label_map: raw reference value -> class id, applied to references before `reduce_labels` (values not named
+            are kept), as evaluate's `label_map`.
+        device: where the matrix lives; by default the device of the first tensor passed to `update`.
+
+    Example:
+        >>> metric = MeanIoU(num_labels=19)
+        >>> for predicted, label in batches:  # each (B, H, W) or (H, W), tensors or arrays
+        ...     metric.update(predicted, label)
+        >>> metric.all_reduce()  # only when each process saw a different shard (no-op without torch.distributed)
+        >>> metric.compute()["mean_iou"]
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        ignore_index: int = 255,
+        reduce_labels: bool = False,
+        label_map: Mapping[int, int] | None = None,
+        device: torch.device | str | None = None,
+    ):
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"MeanIoU: num_labels must be a positive int, got {num_labels!r}.")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise ValueError(f"MeanIoU: ignore_index must be an int, got {ignore_index!r}.")
+        self.num_labels = num_labels
+        self.ignore_index = int(ignore_index)
+        self.reduce_labels = bool(reduce_labels)
+        self.label_map = {int(k): int(v) for k, v in label_map.items()} if label_map else None
+        self._device_fixed = device is not None
+        self._counts = torch.zeros((num_labels + 1) ** 2, dtype=torch.int64, device=device)
+
+    @property
+    def device(self) -> torch.device:
+        return self._counts.device
+
+    @property
+    def confusion_matrix(self) -> torch.Tensor:
+        """(C, C) int64 counts: row = reference class, column = predicted class (out-of-range values left out)."""
+        size = self.num_labels + 1
+        return self._counts.view(size, size)[: self.num_labels, : self.num_labels].clone()
+
+    @property
+    def full_confusion_matrix(self) -> torch.Tensor:
+        """(C + 1, C + 1) int64 counts; the last row / column count references / predictions outside `0..C-1`."""
+        size = self.num_labels + 1
+        return self._counts.view(size, size).clone()
+
+    def reset(self) -> None:
+        """Zero the counts (the device is kept)."""
+        self._counts.zero_()
+
+    def update(self, predictions: SegmentationMaps, references: SegmentationMaps) -> "MeanIoU":
+        """Add class-id maps: one (H, W) map, a (B, H, W) batch, or two equally long sequences of maps of any sizes
+        (tensors, NumPy arrays or PIL images). Predictions and references of a pair must have the same shape."""
+        for prediction, reference, position in _iterate_pairs(predictions, references):
+            self._update_pair(prediction, reference, position)
+        return self
+
+    def _update_pair(self, prediction: Any, reference: Any, position: str) -> None:
+        if not self._device_fixed:
+            first_tensor = next((x for x in (prediction, reference) if isinstance(x, torch.Tensor)), None)
+            if first_tensor is not None:
+                self._counts = self._counts.to(first_tensor.device)
+                self._device_fixed = True
+        prediction = _as_integer_tensor(prediction, f"predictions{position}", self.device)
+        reference = _as_integer_tensor(reference, f"references{position}", self.device)
+        if prediction.shape != reference.shape:
+            raise ValueError(
+                f"predictions{position} has shape {tuple(prediction.shape)} but references{position} has shape "
+                f"{tuple(reference.shape)}; they must match (resize predictions to the label size first)."
+            )
+        if prediction.dim() not in (2, 3):
+            raise ValueError(
+                f"predictions{position}: expected a (H, W) map or a (B, H, W) batch of class ids, got shape "
+                f"{tuple(prediction.shape)} (for (B, num_labels, H, W) logits take argmax(dim=1) first)."
+            )
+        if self.label_map:
+            reference = apply_label_map(reference, self.label_map)
+        if self.reduce_labels:
+            reference = reduce_reference_labels(reference)
+        self._counts += self._pair_counts(prediction.flatten(), reference.flatten())
+
+    def _pair_counts(self, prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Flat `(C + 1) ** 2` counts of (reference bin, prediction bin) over the pixels not ignored."""
+        num_labels, size = self.num_labels, self.num_labels + 1
+        reference_bin = torch.where((reference >= 0) & (reference < num_labels), reference, num_labels)
+        prediction_bin = torch.where((prediction >= 0) & (prediction < num_labels), prediction, num_labels)
+        flat_index = reference_bin.mul_(size).add_(prediction_bin)
+        flat_index.masked_fill_(reference == self.ignore_index, size * size)  # ignored pixels -> a dropped bin
+        return torch.bincount(flat_index, minlength=size * size + 1)[: size * size]
+
+    def all_reduce(self, group: Any = None) -> "MeanIoU":
+        """Sum the counts over the processes of `group` with `torch.distributed` (no-op when it is not initialised).
+
+        Call it once, right before `compute`, and only when each process counted a different part of the data
+        (the Trainer's `batch_eval_metrics` path does not need it: see `MeanIoUComputeMetrics`).
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        counts = self._counts
+        if dist.get_backend(group) == "nccl" and counts.device.type != "cuda":
+            counts = counts.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+        self._counts = counts.to(self._counts.device)
+        return self
+
+    def total_areas(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(intersection, union, pred_area, label_area) per class as float64 arrays of shape (C,), as evaluate's
+        `total_intersect_and_union`."""
+        size = self.num_labels + 1
+        matrix = self._counts.view(size, size).cpu().numpy().astype(np.float64)
+        intersection = np.diagonal(matrix)[: self.num_labels].copy()
+        pred_area = matrix[:, : self.num_labels].sum(axis=0)  # every counted reference, in range or not
+        label_area = matrix[: self.num_labels, :].sum(axis=1)  # every prediction, in range or not
+        union = pred_area + label_area - intersection
+        return intersection, union, pred_area, label_area
+
+    def compute(self, nan_to_num: float | None = None) -> dict[str, Any]:
+        """evaluate's `mean_iou` output: `mean_iou`, `mean_accuracy`, `overall_accuracy` (NumPy float64 scalars),
+        `per_category_iou`, `per_category_accuracy` ((C,) float64 arrays; NaN for classes with no union / no label
+        pixel). `nan_to_num` replaces the NaNs of every entry, as evaluate's."""
+        intersection, union, _, label_area = self.total_areas()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overall_accuracy = intersection.sum() / label_area.sum()
+            per_category_iou = intersection / union
+            per_category_accuracy = intersection / label_area
+        results = {
+            "mean_iou": _nanmean(per_category_iou),
+            "mean_accuracy": _nanmean(per_category_accuracy),
+            "overall_accuracy": overall_accuracy,
+            "per_category_iou": per_category_iou,
+            "per_category_accuracy": per_category_accuracy,
+        }
+        if nan_to_num is not None:
+            results = {key: np.nan_to_num(value, nan=nan_to_num) for key, value in results.items()}
+        return results
+
+
+def _nanmean(values: np.ndarray) -> np.float64:
+    """`np.nanmean` without its all-NaN warning (the result is NaN then, as evaluate's)."""
+    if np.isnan(values).all():
+        return np.float64(np.nan)
+    return np.nanmean(values)
+
+
+def mean_iou(
+    predictions: SegmentationMaps,
+    references: SegmentationMaps,
+    num_labels: int,
+    ignore_index: int,
+    nan_to_num: float | None = None,
+    label_map: Mapping[int, int] | None = None,
+    reduce_labels: bool = False,
+) -> dict[str, Any]:
+    """evaluate's `mean_iou.compute` as a plain function (same arguments, same output; see [`MeanIoU.compute`]).
+
+    `predictions` / `references`: (H, W) maps, (B, H, W) batches, or sequences of maps of any sizes; tensors (any
+    device), NumPy arrays or PIL images. Maps are counted one at a time; none is kept.
+    """
+    metric = MeanIoU(num_labels, ignore_index=ignore_index, reduce_labels=reduce_labels, label_map=label_map)
+    return metric.update(predictions, references).compute(nan_to_num=nan_to_num)
+
+
+def _metric_key(prefix: str, class_name: str, taken: set[str]) -> str:
+    """`iou_traffic_light` for "traffic light": characters that loggers dislike become `_`; duplicates get `_<n>`."""
+    key = prefix + re.sub(r"[^0-9A-Za-z_.\-]+", "_", str(class_name).strip())
+    unique, suffix = key, 1
+    while unique in taken:
+        suffix += 1
+        unique = f"{key}_{suffix}"
+    taken.add(unique)
+    return unique
+
+
+def _normalise_id2label(id2label: Mapping[Any, str] | Sequence[str] | None, num_labels: int) -> dict[int, str]:
+    if id2label is None:
+        return {index: f"class_{index}" for index in range(num_labels)}
+    if isinstance(id2label, Mapping):
+        names = {int(index): str(name) for index, name in id2label.items()}
+    else:
+        names = dict(enumerate(map(str, id2label)))
+    return {index: names.get(index, f"class_{index}") for index in range(num_labels)}
+
+
+class MeanIoUComputeMetrics:
+    """`compute_metrics` for `Trainer(batch_eval_metrics=True)`: a streaming [`MeanIoU`] fed one batch at a time.
+
+    The Trainer calls it once per evaluation batch with `EvalPrediction(predictions=logits, label_ids=labels)` and
+    `compute_result=True` on the last batch. Per batch it takes the (B, C, h, w) logits (or (B, H, W) class ids made
+    by `preprocess_logits_for_metrics`), resizes logits to the (B, H, W) labels' size (bilinear,
+    `align_corners=False`, as mmseg evaluates at the original label resolution), takes the argmax, and counts;
+    no batch is kept. Labels must already be encoded with the model's label policy (training ids and
+    `ignore_index`); the Trainer's cross-process padding value -100 is counted as ignored.
+
+    Processes: in transformers' `evaluation_loop` (batch mode) the logits and labels of every batch go through
+    `accelerator.gather_for_metrics` *before* `compute_metrics` is called, so every process receives the whole
+    global batch (and the duplicated samples that pad the last batch are already dropped). Each process's matrix
+    then already holds the counts of the whole dataset; all-reducing them would multiply every count by the number
+    of processes. So with the Trainer (`inputs_gathered=True`, the default) nothing is all-reduced; with your own
+    loop where each process passes only its own shard, set `inputs_gathered=False` and the matrices are summed with
+    `torch.distributed.all_reduce` at `compute_result=True`.
+
+    Pass `preprocess_logits_for_metrics=compute_metrics.preprocess_logits_for_metrics` to the Trainer as well: the
+    argmax then runs before that gather, which moves 1-byte class ids instead of C float logits per pixel.
+
+    At `compute_result=True` it returns a flat dict of Python floats for the Trainer's logs: `mean_iou`,
+    `mean_accuracy`, `overall_accuracy` and `iou_<class name>` per class, then resets for the next evaluation; the
+    full evaluate-style result stays in `last_results` (for [`format_iou_table`]). Classes absent from both
+    predictions and labels have no IoU (NaN): their `iou_<name>` key is left out, unless `nan_to_num` is given,
+    in which case NaNs (also a NaN mean when nothing was counted) become that number. (A NaN would be logged and
+    written to `trainer_state.json` as the non-standard JSON token `NaN`; leaving the key out keeps the files
+    standard JSON.) Before the last batch it returns `{}`.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        id2label: Mapping[Any, str] | Sequence[str] | None = None,
+        ignore_index: int = 255,
+        inputs_gathered: bool = True,
+        nan_to_num: float | None = None,
+    ):
+        self.metric = MeanIoU(num_labels, ignore_index=ignore_index)
+        self.id2label = _normalise_id2label(id2label, num_labels)
+        self.inputs_gathered = inputs_gathered
+        self.nan_to_num = nan_to_num
+        self.last_results: dict[str, Any] | None = None
+        taken: set[str] = {"mean_iou", "mean_accuracy", "overall_accuracy"}
+        self._iou_keys = [_metric_key("iou_", self.id2label[index], taken) for index in range(num_labels)]
+
+    @property
+    def num_labels(self) -> int:
+        return self.metric.num_labels
+
+    def predict_classes(self, logits: torch.Tensor | np.ndarray, label_size: tuple[int, int]) -> torch.Tensor:
+        """(B, C, h, w) logits -> (B, H, W) int64 class ids at `label_size`, one image at a time (bilinear,
+        `align_corners=False`, then argmax over classes; argmax ties go to the lower class id)."""
+        logits = torch.as_tensor(logits)
+        if logits.dim() != 4 or logits.shape[1] != self.num_labels:
+            raise ValueError(
+                f"compute_metrics: expected (batch, {self.num_labels}, height, width) logits, got shape "
+                f"{tuple(logits.shape)}."
+            )
+        predicted = []
+        for image_logits in logits:  # (C, h, w): at most one upsampled image of logits at a time
+            if tuple(image_logits.shape[-2:]) != tuple(label_size):
+                image_logits = F.interpolate(
+                    image_logits[None].float(), size=tuple(label_size), mode="bilinear", align_corners=False
+                )[0]  # (C, H, W)
+            predicted.append(image_logits.argmax(dim=0))
+        return torch.stack(predicted)  # (B, H, W)
+
+    def preprocess_logits_for_metrics(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        """The Trainer's `preprocess_logits_for_metrics`: (B, C, h, w) logits -> (B, H, W) class ids at the labels'
+        size, as uint8 when `num_labels <= 256` (int32 otherwise) so that the cross-process gather stays small."""
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        predicted = self.predict_classes(logits, tuple(labels.shape[-2:]))
+        return predicted.to(torch.uint8 if self.num_labels <= 256 else torch.int32)
+
+    def __call__(self, eval_prediction: Any, compute_result: bool = True) -> dict[str, float]:
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        if isinstance(predictions, (tuple, list)):
+            predictions = predictions[0]  # the logits come first in the model's output
+        labels = torch.as_tensor(labels)
+        if labels.dim() == 4 and labels.shape[1] == 1:
+            labels = labels[:, 0]  # (B, 1, H, W) -> (B, H, W)
+        if labels.dim() != 3:
+            raise ValueError(f"compute_metrics: expected (batch, height, width) labels, got {tuple(labels.shape)}.")
+        predictions = torch.as_tensor(predictions)
+        if predictions.dim() == 4:
+            predictions = self.predict_classes(predictions, tuple(labels.shape[-2:]))
+        labels = labels.masked_fill(labels == TRAINER_PADDING_INDEX, self.metric.ignore_index)
+        self.metric.update(predictions, labels)
+        if not compute_result:
+            return {}
+        return self._finish()
+
+    def _finish(self) -> dict[str, float]:
+        if not self.inputs_gathered:
+            self.metric.all_reduce()
+        self.last_results = self.metric.compute()
+        self.metric.reset()
+        return flatten_results(self.last_results, self._iou_keys, self.nan_to_num)
+
+
+def flatten_results(results: Mapping[str, Any], iou_keys: Sequence[str], nan_to_num: float | None) -> dict[str, float]:
+    """`MeanIoU.compute` output -> a flat dict of floats; per-class NaNs are left out unless `nan_to_num` is set."""
+
+    def clean(value: float) -> float:
+        value = float(value)
+        return nan_to_num if nan_to_num is not None and math.isnan(value) else value
+
+    flat = {key: clean(results[key]) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    for key, value in zip(iou_keys, results["per_category_iou"]):
+        if nan_to_num is not None or not math.isnan(value):
+            flat[key] = clean(value)
+    return flat
+
+
+def make_compute_metrics(
+    config_or_num_labels: Any,
+    id2label: Mapping[Any, str] | Sequence[str] | None = None,
+    *,
+    ignore_index: int | None = None,
+    inputs_gathered: bool = True,
+    nan_to_num: float | None = None,
+) -> MeanIoUComputeMetrics:
+    """A [`MeanIoUComputeMetrics`] for `Trainer(..., compute_metrics=..., args=TrainingArguments(batch_eval_metrics=True))`.
+
+    Args:
+        config_or_num_labels: a model config (its `num_labels`, `id2label`, `ignore_index` are used) or a number of
+            classes.
+        id2label: class names (overrides the config's); default `class_<i>`.
+        ignore_index: label value to skip (default: the config's, else 255).
+        inputs_gathered: `True` for the Trainer, which gathers every batch across processes before calling
+            `compute_metrics`; `False` when each process passes only its own data (the counts are then all-reduced).
+        nan_to_num: value for classes with no IoU instead of leaving their keys out.
+    """
+    if isinstance(config_or_num_labels, int) and not isinstance(config_or_num_labels, bool):
+        num_labels, config_names, config_ignore = config_or_num_labels, None, None
+    elif hasattr(config_or_num_labels, "num_labels"):
+        config = config_or_num_labels
+        num_labels, config_names = config.num_labels, getattr(config, "id2label", None)
+        config_ignore = getattr(config, "ignore_index", None)
+    else:
+        raise TypeError(
+            f"make_compute_metrics: config_or_num_labels must be a model config or an int, got {type(config_or_num_labels)}."
+        )
+    return MeanIoUComputeMetrics(
+        num_labels,
+        id2label=id2label if id2label is not None else config_names,
+        ignore_index=ignore_index if ignore_index is not None else (config_ignore if config_ignore is not None else 255),
+        inputs_gathered=inputs_gathered,
+        nan_to_num=nan_to_num,
+    )
+
+
+def format_iou_table(results: Mapping[str, Any], id2label: Mapping[Any, str] | Sequence[str] | None = None) -> str:
+    """A text table of per-class IoU and accuracy in percent (as mmseg prints it), followed by the means.
+
+    `results` is a [`MeanIoU.compute`] / [`mean_iou`] output (or `MeanIoUComputeMetrics.last_results`); classes
+    without a value show `nan`.
+    """
+    ious = np.asarray(results["per_category_iou"], dtype=np.float64)
+    accuracies = np.asarray(results["per_category_accuracy"], dtype=np.float64)
+    names = _normalise_id2label(id2label, len(ious))
+
+    def percent(value: float) -> str:
+        return "nan" if math.isnan(float(value)) else f"{100 * float(value):.2f}"
+
+    rows = [(names[index], percent(ious[index]), percent(accuracies[index])) for index in range(len(ious))]
+    summary = [
+        ("mean", percent(results["mean_iou"]), percent(results["mean_accuracy"])),
+        ("overall accuracy", "", percent(results["overall_accuracy"])),
+    ]
+    header = ("Class", "IoU", "Acc")
+    widths = [max(len(row[column]) for row in [header, *rows, *summary]) for column in range(3)]
+    rule = "+" + "+".join("-" * (width + 2) for width in widths) + "+"
+
+    def line(row: tuple[str, str, str]) -> str:
+        cells = [row[0].ljust(widths[0]), row[1].rjust(widths[1]), row[2].rjust(widths[2])]
+        return "| " + " | ".join(cells) + " |"
+
+    return "\n".join([rule, line(header), rule, *map(line, rows), rule, *map(line, summary), rule])
+
+
+__all__ = [
+    "MeanIoU",
+    "MeanIoUComputeMetrics",
+    "apply_label_map",
+    "flatten_results",
+    "format_iou_table",
+    "make_compute_metrics",
+    "mean_iou",
+    "reduce_reference_labels",
+]
