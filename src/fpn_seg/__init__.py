@@ -3,12 +3,15 @@
 Importing the package registers the config, backbone, model and image processor with the transformers Auto classes.
 """
 
-from transformers import AutoBackbone, AutoConfig, AutoModelForSemanticSegmentation
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the real class, even without torchvision
 
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import PRESETS, SemanticFPNConfig, SemanticFPNPreset, encode_labels, get_preset
 from .modeling_resnet_v1c import ResNetV1cBackbone
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, SemanticFPNPreTrainedModel
+from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
+from .inference import multiscale_flip_inference, segment, slide_inference, whole_inference
 
 __version__ = "0.1.0"
 
@@ -16,12 +19,22 @@ AutoConfig.register(ResNetV1cConfig.model_type, ResNetV1cConfig, exist_ok=True)
 AutoConfig.register(SemanticFPNConfig.model_type, SemanticFPNConfig, exist_ok=True)
 AutoBackbone.register(ResNetV1cConfig, ResNetV1cBackbone, exist_ok=True)
 AutoModelForSemanticSegmentation.register(SemanticFPNConfig, SemanticFPNForSemanticSegmentation, exist_ok=True)
+# The processor runs on torch alone; registered under both standard backend names so that neither choice warns.
+AutoImageProcessor.register(
+    SemanticFPNConfig,
+    image_processor_classes={"torchvision": SemanticFPNImageProcessor, "pil": SemanticFPNImageProcessor},
+    exist_ok=True,
+)
+# "No video processor": without this, pipeline() derives a remote video processor from the image processor's
+# `auto_map` and asks on the terminal whether to trust it (blocking for 15 s) before giving up on it.
+AutoVideoProcessor.register(SemanticFPNConfig, video_processor_classes={}, exist_ok=True)
 
 # `save_pretrained` then writes the code files and `auto_map`, so saved folders load with `trust_remote_code=True`.
 ResNetV1cConfig.register_for_auto_class()
 ResNetV1cBackbone.register_for_auto_class("AutoBackbone")
 SemanticFPNConfig.register_for_auto_class()
 SemanticFPNForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+SemanticFPNImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "PRESETS",
@@ -29,8 +42,15 @@ __all__ = [
     "ResNetV1cConfig",
     "SemanticFPNConfig",
     "SemanticFPNForSemanticSegmentation",
+    "SemanticFPNImageProcessor",
     "SemanticFPNPreTrainedModel",
     "SemanticFPNPreset",
     "encode_labels",
     "get_preset",
+    "image_to_tensor",
+    "label_to_tensor",
+    "multiscale_flip_inference",
+    "segment",
+    "slide_inference",
+    "whole_inference",
 ]
