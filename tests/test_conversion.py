@@ -27,6 +27,7 @@ from fpn_seg.convert import (
     OutputExistsError,
     UnsafeCheckpointError,
     convert_semantic_fpn,
+    file_sha256,
     get_imagenet_backbone,
     get_official_checkpoint,
     load_pretrained_backbone,
@@ -122,6 +123,16 @@ def test_cli_subprocess_verifies_and_folder_loads_without_the_package(tmp_path):
         diff = (logits - torch.from_numpy(arrays["logits"])).abs().max().item()
         assert diff <= 1e-4, diff
         assert model.config.id2label[18] == "bicycle"
+        # The model card's usage snippet: PIL image -> processor -> model -> label map at the image size (without
+        # the test-scale resize, which would blow this 97x130 image up to 1024x1372).
+        from PIL import Image
+        image = Image.fromarray(arrays["image_bgr_uint8"][0][..., ::-1].copy())
+        inputs = processor(images=image, return_tensors="pt", do_resize=False)
+        assert torch.allclose(inputs["pixel_values"], torch.from_numpy(arrays["pixel_values"][:1]), atol=1e-5)
+        with torch.no_grad():
+            outputs = model(**inputs)
+        segmentation = processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1]])[0]
+        assert tuple(segmentation.shape) == (97, 130), segmentation.shape
         print("remote diff", diff, type(processor).__name__)
     """)
     remote = run_without_fpn_seg(code, cwd=tmp_path)
@@ -304,6 +315,26 @@ def test_wrong_sha256_prefix_is_refused(tmp_path, capsys):
     assert main([*argv, str(tmp_path / "out")]) == 1
     assert "does not start with 'c5800d4c'" in capsys.readouterr().err
     assert_nothing_written(tmp_path)
+
+
+def test_url_download_into_the_torch_hub_cache(tmp_path, monkeypatch, capsys):
+    # A `file://` URL takes the same path as an https one (torch.hub's downloader, hash prefix of the file name).
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    fixture = FIXTURES / "fpn_r50_c150_64x96_w16.pth"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    good = mirror / f"fpn_r50_c150_w16-{file_sha256(fixture)[:8]}.pth"
+    bad = mirror / "fpn_r50_c150_w16-0123abcd.pth"
+    for copy in (good, bad):
+        copy.write_bytes(fixture.read_bytes())
+    argv = ["--preset", "fpn_r50_512x512_160k_ade20k", "--output-dir", str(tmp_path / "out"), "--checkpoint"]
+    assert main([*argv, bad.as_uri()]) == 1
+    assert "sha256 does not start with '0123abcd'" in capsys.readouterr().err
+    assert_nothing_written(tmp_path)
+    assert list((tmp_path / "torch_home" / "hub" / "checkpoints").iterdir()) == []  # no partial download kept
+    assert main([*argv, good.as_uri()]) == 0
+    assert (tmp_path / "torch_home" / "hub" / "checkpoints" / good.name).is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_existing_output_folder_needs_overwrite(tmp_path, capsys):

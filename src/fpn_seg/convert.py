@@ -209,7 +209,8 @@ def check_sha256_prefix(path: Path, expected_prefix: str | None) -> str:
 
 
 def _is_url(path_or_url: str) -> bool:
-    return urlparse(str(path_or_url)).scheme in ("http", "https")
+    """http(s) URLs, and `file://` ones (a local mirror of the model zoo) which take the same download path."""
+    return urlparse(str(path_or_url)).scheme in ("http", "https", "file")
 
 
 def fetch_checkpoint(path_or_url: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -226,8 +227,15 @@ def fetch_checkpoint(path_or_url: str | os.PathLike, cache_dir: str | os.PathLik
     destination = cache / Path(urlparse(url).path).name
     if not destination.is_file():
         print(f"Downloading {url} to {destination}", file=sys.stderr)
-        # Checks the sha256 prefix of the download itself and removes a partial file on failure.
-        torch.hub.download_url_to_file(url, str(destination), hash_prefix=sha256_prefix_in_name(url), progress=True)
+        prefix = sha256_prefix_in_name(url)
+        try:  # checks the sha256 prefix of the download itself and removes the partial file on failure
+            torch.hub.download_url_to_file(url, str(destination), hash_prefix=prefix, progress=True)
+        except RuntimeError as error:
+            if "hash" not in str(error):
+                raise
+            raise ChecksumError(f"{url}: the downloaded file's sha256 does not start with {prefix!r}.") from None
+        except OSError as error:  # URLError included
+            raise ConversionError(f"{url}: download failed ({error}).") from None
     return destination
 
 
