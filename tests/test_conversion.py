@@ -174,6 +174,7 @@ def mmseg_meta(preset: str) -> dict:
         "time": "Fri Jul 17 02:14:37 2020",
         "epoch": 1,
         "iter": 80000,
+        "hook_msgs": {"best_score": np.float64(0.7452), "best_iter": np.int64(80000)},  # numpy scalars load safely
     }
 
 
@@ -225,6 +226,7 @@ def test_official_layout_converts_with_the_right_labels(layout_name, tmp_path):
     card = (out / "README.md").read_text()
     assert f"{row.miou:.2f}" in card and f"{row.miou_ms_flip:.2f}" in card and "license: apache-2.0" in card
     assert "Kirillov" in card and "mmseg2020" in card and "Not the official width" not in card
+    assert row.filename not in card  # the model zoo's file name is only claimed for a file with its sha256 prefix
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["do_reduce_labels"] is ("ade20k" in preset)
 
@@ -402,9 +404,11 @@ def test_backbone_mode_and_training_start(tmp_path, capsys):
     assert all(torch.equal(backbone.state_dict()[key], value) for key, value in source.items())
 
     model = semantic_fpn_from_pretrained_backbone(
-        out, preset="fpn_r50_512x1024_80k_cityscapes", neck_channels=32, head_channels=16
-    )
+        out, preset="fpn_r50_512x1024_80k_cityscapes", backbone_overrides={"frozen_stages": 1},
+        neck_channels=32, head_channels=16,
+    )  # fmt: skip
     assert model.config.num_labels == 19 and model.config.id2label[0] == "road"
+    assert not any(parameter.requires_grad for parameter in model.backbone.layer1.parameters())
     assert all(torch.equal(model.backbone.state_dict()[key], value) for key, value in source.items())
     loss = model(torch.randn(1, 3, 32, 48), labels=torch.randint(0, 19, (1, 32, 48))).loss
     assert torch.isfinite(loss)

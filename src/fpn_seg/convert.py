@@ -744,6 +744,8 @@ def render_model_card(report: ConversionReport, repo: str) -> str:
         "- fpn_seg's model matches mmsegmentation 1.2.2's `sem_fpn` logits on reference inputs to <= 1e-5 (its "
         "test suite, with the real mmseg model code).",
     ]
+    if report.sha256_prefix_checked == row.sha256_prefix:
+        verification.insert(0, f"- This is the model zoo's file [`{row.filename}`]({row.url}).")
     if report.verification is not None:
         verification.append(
             f"- Logits of this folder on `{report.verification.reference}` (reference made with mmsegmentation): "
@@ -913,12 +915,16 @@ def load_pretrained_backbone(model: SemanticFPNForSemanticSegmentation, folder: 
 
 
 def semantic_fpn_from_pretrained_backbone(
-    folder: str | os.PathLike, preset: str | None = None, **config_kwargs
+    folder: str | os.PathLike,
+    preset: str | None = None,
+    backbone_overrides: dict | None = None,
+    **config_kwargs,
 ) -> SemanticFPNForSemanticSegmentation:
     """A Semantic FPN ready to train: the backbone from a converted ImageNet folder, neck and head freshly
     initialised as mmseg does. `preset` gives labels and label policy; `config_kwargs` override config fields
-    (e.g. `id2label` for your own classes when no preset is given)."""
-    backbone_config = ResNetV1cConfig.from_pretrained(str(folder))
+    (e.g. `id2label` for your own classes when no preset is given); `backbone_overrides` override backbone config
+    fields that do not change the weights (e.g. `{"norm_eval": True, "frozen_stages": 1}` for small batches)."""
+    backbone_config = ResNetV1cConfig.from_pretrained(str(folder), **(backbone_overrides or {}))
     if preset is not None:
         config = SemanticFPNConfig.from_preset(preset, backbone_config=backbone_config, **config_kwargs)
     else:
