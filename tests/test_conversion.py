@@ -226,7 +226,8 @@ def test_official_layout_converts_with_the_right_labels(layout_name, tmp_path):
     card = (out / "README.md").read_text()
     assert f"{row.miou:.2f}" in card and f"{row.miou_ms_flip:.2f}" in card and "license: apache-2.0" in card
     assert "Kirillov" in card and "mmseg2020" in card and "Not the official width" not in card
-    assert row.filename not in card  # the model zoo's file name is only claimed for a file with its sha256 prefix
+    # The model zoo's file is only claimed for a file with its sha256 prefix; a random one gets the caveat.
+    assert "This is the model zoo's file" not in card and f"not identified as the model zoo's `{row.filename}`" in card
     processor = json.loads((out / "preprocessor_config.json").read_text())
     assert processor["do_reduce_labels"] is ("ade20k" in preset)
 
@@ -394,7 +395,8 @@ def test_backbone_mode_and_training_start(tmp_path, capsys):
     config = ResNetV1cConfig(depth=50, stem_channels=16, base_channels=16)
     source = imagenet_file(tmp_path / "imagenet.pth", config)
     out = tmp_path / "resnet50_v1c"
-    assert main(["--checkpoint", str(tmp_path / "imagenet.pth"), "--backbone-depth", "50", "--output-dir", str(out)]) == 0
+    argv = ["--checkpoint", str(tmp_path / "imagenet.pth"), "--backbone-depth", "50", "--output-dir", str(out)]
+    assert main(argv) == 0
 
     # (transformers 5.x's `AutoBackbone.from_pretrained` rejects local folders; the class itself and the Auto
     # registration via `from_config` are what a local user has.)

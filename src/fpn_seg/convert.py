@@ -672,7 +672,7 @@ def _model_index(row: OfficialCheckpoint, preset: SemanticFPNPreset) -> str:
         "    metrics:\n"
         f"    - {{type: mean_iou, value: {row.miou}, name: mIoU (single scale)}}\n"
         f"    - {{type: mean_iou, value: {row.miou_ms_flip}, name: mIoU (multi-scale + flip)}}\n"
-        "    source: {name: mmsegmentation model zoo, url: 'https://github.com/open-mmlab/mmsegmentation/tree/main/configs/sem_fpn'}\n"
+        f"    source: {{name: mmsegmentation model zoo, url: '{_MMSEG_CONFIGS}'}}\n"
     )
 
 
@@ -694,7 +694,8 @@ class ConversionReport:
     def summary(self) -> str:
         lines = [
             f"wrote {self.output_dir}",
-            f"  source {self.source} (sha256 {self.sha256[:16]}...; prefix check: {self.sha256_prefix_checked or 'none'})",
+            f"  source {self.source} (sha256 {self.sha256[:16]}...; "
+            f"prefix check: {self.sha256_prefix_checked or 'none'})",
             f"  {self.num_tensors} tensors mapped strictly; meta CLASSES checked: {self.class_names_checked}",
         ]
         if self.verification is not None:
@@ -721,6 +722,11 @@ def render_model_card(report: ConversionReport, repo: str) -> str:
             f"**{row.miou_ms_flip:.2f}** with multi-scale + flip testing. These figures are mmsegmentation's; this "
             "conversion did not re-run the evaluation."
         )
+        if report.sha256_prefix_checked != row.sha256_prefix:
+            reproduces += (
+                f" **Caveat:** the source file was not identified as the model zoo's `{row.filename}` (whose sha256 "
+                f"starts with `{row.sha256_prefix}`), so the figures hold only if these are its weights."
+            )
     else:
         widths = ", ".join(f"{key} {value}" for key, value in report.widths.items())
         architecture_note = (
@@ -814,7 +820,7 @@ def convert_semantic_fpn(
         raise ConversionError(f"--model {model} is preset {official.preset!r}, not --preset {preset!r}.")
     preset = official.preset if official is not None else preset
     if preset is None:
-        raise ConversionError("Give --model NAME, or --checkpoint with --preset NAME (one of: " + ", ".join(PRESETS) + ").")
+        raise ConversionError(f"Give --model NAME, or --checkpoint with --preset NAME (one of: {', '.join(PRESETS)}).")
     get_preset(preset)
     path = fetch_checkpoint(checkpoint if checkpoint is not None else official.url)
     expected_prefix = official.sha256_prefix if official is not None else sha256_prefix_in_name(path.name)
