@@ -82,7 +82,8 @@ def _values_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
         return array
     if array.dtype == np.uint16:
         return _sixteen_bit_to_uint8(array)
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    numeric = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if array.dtype == np.bool_ or not numeric:
         raise TypeError(f"{what}: unsupported dtype {array.dtype}; expected uint8, uint16, another integer or float.")
     if array.size == 0:
         return array.astype(np.uint8)
@@ -301,7 +302,7 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         self._standardize_options()
 
     def _standardize_options(self) -> None:
-        """Give every option its canonical type (JSON turns tuples into lists and int keys into strings) and check it."""
+        """Give every option its canonical type (JSON turns tuples into lists, int keys into strings); check it."""
         name = type(self).__name__
         if len(self.scale) != 2 or min(int(side) for side in self.scale) <= 0:
             raise ValueError(f"{name}: scale must be two positive sizes (long side, short side); got {self.scale!r}.")
@@ -310,7 +311,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         self.image_std = [float(value) for value in self.image_std]
         if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
             raise ValueError(
-                f"{name}: image_mean and image_std need 3 values (RGB), std > 0; got {self.image_mean}, {self.image_std}."
+                f"{name}: image_mean and image_std need 3 values (RGB), std > 0; got {self.image_mean}, "
+                f"{self.image_std}."
             )
         if self.label_map is not None:
             self.label_map = {int(raw): int(train) for raw, train in dict(self.label_map).items()}
@@ -376,10 +378,11 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
             raise TypeError(f"resize_image expects uint8 images (see image_to_tensor); got {images.dtype}.")
         if tuple(images.shape[-2:]) == tuple(size):
             return images
-        batch = images[None] if images.dim() == 3 else images
-        # torch's uint8 bilinear kernel rounds like cv2; it is fastest on channels-last memory.
-        batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = (images[None] if images.dim() == 3 else images).to(torch.float32)
+        # Computed in float32 and rounded half up, as cv2's fixed-point kernel does; torch's own uint8 kernel is off
+        # by one grey level on about a fifth of the pixels.
         resized = F.interpolate(batch, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+        resized = resized.add_(0.5).clamp_(0, 255).to(torch.uint8)  # truncation of v + 0.5 >= 0: rounding half up
         return resized[0] if images.dim() == 3 else resized
 
     def resize_label(self, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -154,7 +154,9 @@ def _equal_size_batches(images: list[torch.Tensor], batch_size: int) -> list[lis
     groups: dict[tuple[int, int], list[int]] = {}
     for index, image in enumerate(images):
         groups.setdefault(tuple(image.shape[-2:]), []).append(index)
-    return [group[start : start + batch_size] for group in groups.values() for start in range(0, len(group), batch_size)]
+    return [
+        group[start : start + batch_size] for group in groups.values() for start in range(0, len(group), batch_size)
+    ]
 
 
 def segment(
