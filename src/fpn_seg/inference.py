@@ -194,6 +194,7 @@ def segment(
     infer = _inference_function(mode, crop_size, stride, bf16)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    scales = None if scales is None else _check_scales(scales)
     several_views = scales is not None or flip
     tensors = [image_to_tensor(image) for image in (images if isinstance(images, (list, tuple)) else [images])]
     label_maps: list[torch.Tensor | None] = [None] * len(tensors)
