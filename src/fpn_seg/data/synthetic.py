@@ -338,7 +338,7 @@ def render_street_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 
             objects.append((rng.uniform(2.5, 50), _pole, kerb + side * 0.3))
         for _ in range(rng.integers(0, 4)):
             lateral = rng.uniform(min(kerb, outer) + 0.3, max(kerb, outer) - 0.3)
-            objects.append((rng.uniform(2.5, 30), _person, lateral))
+            objects.append((rng.uniform(2.5, 22), _person, lateral))
         for _ in range(rng.integers(0, 2)):
             objects.append((rng.uniform(3, 25), _static_box, outer - side * 0.5))
     lanes = [left + 1.0, right - 1.0, (left + right) / 2 - 0.9, (left + right) / 2 + 0.9]

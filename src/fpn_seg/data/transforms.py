@@ -1,0 +1,368 @@
+"""mmsegmentation's training and evaluation data pipelines in torch (no torchvision, no cv2), for `with_transform`.
+
+    train = dataset["train"].with_transform(TrainTransform(processor, crop_size=(512, 1024)))
+    val = dataset["validation"].with_transform(EvalTransform(processor))
+
+[`TrainTransform`] is mmseg 1.x's `sem_fpn` training pipeline, step by step:
+
+1. decode; encode the label map with the processor's label policy (`label_map`, `reduce_labels`) **first**, as mmseg's
+   `LoadAnnotations` does, so the crop below counts training ids;
+2. `RandomResize(scale, ratio_range=(0.5, 2.0), keep_ratio=True)`: `r ~ U(ratio_range)`, target scale
+   `(int(long * r), int(short * r))`, keep-ratio factor `f = min(long' / max(h, w), short' / min(h, w))`, new size
+   `int(h * f + 0.5), int(w * f + 0.5)`; image bilinear without antialiasing (rounded to uint8), label nearest;
+3. `RandomCrop(crop_size, cat_max_ratio=0.75)`: up to 10 retries while the most frequent non-ignored class fills
+   `>= cat_max_ratio` of the crop (or only one class is present); the last draw is kept;
+4. `RandomFlip(prob=0.5)`, horizontal;
+5. `PhotoMetricDistortion` on uint8: brightness +-32, contrast 0.5..1.5, saturation 0.5..1.5, hue +-18 (numpy's
+   `randint(-18, 18)`: -18..17), each with p=0.5, contrast before or after the HSV steps at random; every step
+   rounds down to uint8 as mmseg's `convert` does; HSV follows OpenCV's 8-bit conversion (H in 0..179, fixed-point
+   tables), implemented here in torch;
+6. normalise (processor's mean/std), then pad bottom/right to `crop_size`: the image with 0 **after** normalisation
+   (mmseg 1.x's `SegDataPreProcessor(pad_val=0, seg_pad_val=255)`), the label with `ignore_index`.
+
+**Randomness.** Each example gets its own `torch.Generator`, seeded from a per-call base and the example's position
+in the batch, so an example's augmentation never depends on its neighbours. The per-call base is:
+
+- `seed=None` (recommended with the `Trainer`): drawn from torch's global RNG. The `Trainer` seeds that from
+  `TrainingArguments.seed` and restores it from checkpoints, so runs are reproducible and resume exactly
+  (`dataloader_num_workers=0`); in DataLoader workers it is the worker's RNG, which torch seeds differently per worker
+  and per epoch from the main process's RNG.
+- `seed=<int>`: a private stream `hash(seed, worker seed, call number)`; the worker seed is
+  `torch.utils.data.get_worker_info().seed` inside a DataLoader worker (so workers differ) and 0 outside. Two
+  transforms with the same seed give identical outputs for the same sequence of calls, independent of global RNG
+  state (but a resumed `Trainer` run restarts the call count).
+
+[`EvalTransform`] is the processor's test-time path: pixel values resized to the test scale, labels encoded but kept
+at their **original resolution** (mmseg evaluates there). Images of different sizes give tensors of different sizes:
+evaluate with batch size 1, or collate with [`collate_same_size`] (which stacks equal sizes and says what to do
+otherwise).
+"""
+
+import hashlib
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
+from .folders import check_label_policy
+
+_HSV_SHIFT = 12
+_HUE_RANGE = 180
+# OpenCV's 8-bit RGB -> HSV fixed-point tables (index 0 unused: 0 there).
+_S_DIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / v) for v in range(1, 256)], dtype=torch.int32)
+_H_DIV = torch.tensor([0] + [round((_HUE_RANGE << _HSV_SHIFT) / (6.0 * v)) for v in range(1, 256)], dtype=torch.int32)
+# For each hue sector, which of (v, p, q, t)-style table entries become R, G and B (OpenCV's `sector_data`).
+_SECTOR_TO_RGB = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
+
+
+def _mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python runs)."""
+    digest = hashlib.blake2b(struct.pack(f"<{len(values)}q", *values), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=generator, dtype=torch.float64).item()
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    """An integer in [low, high), as numpy's `randint`."""
+    return int(torch.randint(low, high, (), generator=generator).item())
+
+
+# ------------------------------------------------------------------------------------------------ colour
+
+
+def rgb_to_hsv_uint8(image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8 RGB -> (3, H, W) uint8 HSV in OpenCV's 8-bit convention (H 0..179, S and V 0..255)."""
+    rgb = image.to(torch.int32)
+    red, green, blue = rgb[0], rgb[1], rgb[2]
+    value = rgb.amax(dim=0)
+    diff = value - rgb.amin(dim=0)
+    half = 1 << (_HSV_SHIFT - 1)
+    saturation = (diff * _S_DIV[value] + half) >> _HSV_SHIFT
+    hue = torch.where(
+        value == red, green - blue, torch.where(value == green, blue - red + 2 * diff, red - green + 4 * diff)
+    )
+    hue = (hue * _H_DIV[diff] + half) >> _HSV_SHIFT  # arithmetic shift: floor for negatives, as in C
+    hue = torch.where(hue < 0, hue + _HUE_RANGE, hue)
+    return torch.stack([hue, saturation, value]).to(torch.uint8)
+
+
+def hsv_to_rgb_uint8(hsv: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) uint8 HSV (OpenCV's 8-bit convention) -> (3, H, W) uint8 RGB, float32 maths rounded to nearest."""
+    hue = hsv[0].to(torch.float32) * (6.0 / _HUE_RANGE)
+    saturation = hsv[1].to(torch.float32) * (1.0 / 255.0)
+    value = hsv[2].to(torch.float32) * (1.0 / 255.0)
+    hue = torch.remainder(hue, 6.0)
+    sector = hue.floor().to(torch.int64).clamp_(0, 5)
+    fraction = hue - sector
+    table = torch.stack(
+        [value, value * (1 - saturation), value * (1 - saturation * fraction), value * (1 - saturation * (1 - fraction))]
+    )  # (4, H, W)
+    index = _SECTOR_TO_RGB[sector].permute(2, 0, 1)  # (3, H, W): table entry of R, G, B
+    rgb = torch.gather(table, 0, index)
+    return torch.round(rgb * 255.0).clamp_(0, 255).to(torch.uint8)
+
+
+def _convert(image: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
+    """mmseg's `PhotoMetricDistortion.convert`: `uint8(clip(float32(x) * alpha + beta, 0, 255))` (truncating)."""
+    return (image.to(torch.float32) * alpha + beta).clamp_(0, 255).to(torch.uint8)
+
+
+def photometric_distortion(
+    image: torch.Tensor,
+    generator: torch.Generator,
+    brightness_delta: int = 32,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: int = 18,
+) -> torch.Tensor:
+    """mmseg's `PhotoMetricDistortion` on a (3, H, W) uint8 RGB image, with draws from `generator`."""
+
+    def contrast(image: torch.Tensor) -> torch.Tensor:
+        if _randint(generator, 0, 2):
+            return _convert(image, alpha=_uniform(generator, *contrast_range))
+        return image
+
+    if _randint(generator, 0, 2):
+        image = _convert(image, beta=_uniform(generator, -brightness_delta, brightness_delta))
+    contrast_first = _randint(generator, 0, 2) == 1
+    if contrast_first:
+        image = contrast(image)
+    if _randint(generator, 0, 2):
+        hsv = rgb_to_hsv_uint8(image)
+        hsv[1] = _convert(hsv[1], alpha=_uniform(generator, *saturation_range))
+        image = hsv_to_rgb_uint8(hsv)
+    if _randint(generator, 0, 2):
+        hsv = rgb_to_hsv_uint8(image)
+        hsv[0] = torch.remainder(hsv[0].to(torch.int32) + _randint(generator, -hue_delta, hue_delta), _HUE_RANGE)
+        image = hsv_to_rgb_uint8(hsv)
+    if not contrast_first:
+        image = contrast(image)
+    return image
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+def keep_ratio_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
+    """mmcv's `rescale_size`: the largest size keeping the ratio that fits `scale` (long, short), as (h, w)."""
+    long_side, short_side = max(scale), min(scale)
+    factor = min(long_side / max(height, width), short_side / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def random_crop_box(
+    labels: torch.Tensor,
+    crop_size: tuple[int, int],
+    generator: torch.Generator,
+    cat_max_ratio: float = 0.75,
+    ignore_index: int = 255,
+    max_retries: int = 10,
+) -> tuple[int, int, int, int]:
+    """mmseg's `RandomCrop.crop_bbox`: `(top, bottom, left, right)` of a crop of (encoded) `labels` (H, W).
+
+    With `cat_max_ratio < 1`, redraws up to `max_retries` times until the crop holds at least two non-ignored classes
+    and the largest covers less than `cat_max_ratio` of the non-ignored pixels; the last draw is used otherwise.
+    """
+    height, width = labels.shape[-2:]
+    margin_h, margin_w = max(height - crop_size[0], 0), max(width - crop_size[1], 0)
+
+    def draw() -> tuple[int, int, int, int]:
+        top, left = _randint(generator, 0, margin_h + 1), _randint(generator, 0, margin_w + 1)
+        return top, top + crop_size[0], left, left + crop_size[1]
+
+    box = draw()
+    if cat_max_ratio < 1.0:
+        for _ in range(max_retries):
+            crop = labels[box[0] : box[1], box[2] : box[3]]
+            values, counts = torch.unique(crop, return_counts=True)
+            counts = counts[values != ignore_index]
+            if counts.numel() > 1 and counts.max().item() / counts.sum().item() < cat_max_ratio:
+                break
+            box = draw()
+    return box
+
+
+# ------------------------------------------------------------------------------------------------ transforms
+
+
+class TrainTransform:
+    """mmseg's training pipeline for `Dataset.with_transform` (see the module docstring for every step and the seeding).
+
+    Args:
+        processor: a `SemanticFPNImageProcessor`: label policy, resize kernels, mean/std, default scale.
+        crop_size: `(height, width)` of the crops (and of every output, after padding).
+        scale: `(long side, short side)` the random ratio multiplies; defaults to `processor.scale`.
+        ratio_range: bounds of the uniform resize ratio.
+        cat_max_ratio: `RandomCrop`'s limit on the largest class's share of a crop (1.0: no retries).
+        flip_prob: probability of a horizontal flip.
+        photometric: apply `PhotoMetricDistortion`.
+        seed: `None` (draws from torch's global RNG) or an int (a private, reproducible stream).
+        image_column, label_column: the batch's columns.
+
+    Called on a batch `{"image": [...], "label": [...]}` (PIL images, arrays, tensors or paths), returns
+    `{"pixel_values": [float32 (3, h, w)], "labels": [int64 (h, w)]}` with `(h, w) = crop_size`.
+    """
+
+    def __init__(
+        self,
+        processor: SemanticFPNImageProcessor,
+        crop_size: Sequence[int],
+        scale: Sequence[int] | None = None,
+        ratio_range: Sequence[float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        flip_prob: float = 0.5,
+        photometric: bool = True,
+        seed: int | None = None,
+        image_column: str = "image",
+        label_column: str = "label",
+    ):
+        if len(crop_size) != 2 or min(crop_size) <= 0:
+            raise ValueError(f"TrainTransform: crop_size must be (height, width) > 0, got {crop_size!r}.")
+        scale = processor.scale if scale is None else scale
+        if len(scale) != 2 or min(scale) <= 0:
+            raise ValueError(f"TrainTransform: scale must be (long side, short side) > 0, got {scale!r}.")
+        if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(f"TrainTransform: ratio_range must be (low, high) with 0 < low <= high, got {ratio_range!r}.")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"TrainTransform: flip_prob must be in [0, 1], got {flip_prob}.")
+        if not 0.0 < cat_max_ratio <= 1.0:
+            raise ValueError(f"TrainTransform: cat_max_ratio must be in (0, 1], got {cat_max_ratio}.")
+        self.processor = processor
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.ratio_range = (float(ratio_range[0]), float(ratio_range[1]))
+        self.cat_max_ratio, self.flip_prob, self.photometric = float(cat_max_ratio), float(flip_prob), photometric
+        self.seed, self.image_column, self.label_column = seed, image_column, label_column
+        self._calls = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(crop_size={self.crop_size}, scale={self.scale}, ratio_range={self.ratio_range}, "
+            f"cat_max_ratio={self.cat_max_ratio}, flip_prob={self.flip_prob}, photometric={self.photometric}, "
+            f"seed={self.seed})"
+        )
+
+    def _call_seed(self) -> int:
+        if self.seed is None:
+            return int(torch.randint(0, 2**62, ()).item())
+        worker = torch.utils.data.get_worker_info()
+        self._calls += 1
+        return _mix_seed(self.seed, 0 if worker is None else worker.seed % 2**62, self._calls)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[torch.Tensor]]:
+        images, labels = _columns(batch, self.image_column, self.label_column, type(self).__name__)
+        call_seed = self._call_seed()
+        output: dict[str, list[torch.Tensor]] = {"pixel_values": [], "labels": []}
+        for position, (image, label) in enumerate(zip(images, labels)):
+            check_label_policy(label, self.processor)
+            generator = torch.Generator().manual_seed(_mix_seed(call_seed, position))
+            pixel_values, label_ids = self.transform_example(image_to_tensor(image), label_to_tensor(label), generator)
+            output["pixel_values"].append(pixel_values)
+            output["labels"].append(label_ids)
+        return output
+
+    def transform_example(
+        self, image: torch.Tensor, raw_labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One example: uint8 (3, H, W) image and raw (H, W) labels -> float32 (3, h, w), int64 (h, w)."""
+        if image.shape[-2:] != raw_labels.shape:
+            raise ValueError(
+                f"TrainTransform: image size {tuple(image.shape[-2:])} and label size {tuple(raw_labels.shape)} differ."
+            )
+        processor = self.processor
+        labels = processor.encode_labels(raw_labels)
+        ratio = _uniform(generator, *self.ratio_range)
+        scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
+        size = keep_ratio_size(*image.shape[-2:], scale)
+        image, labels = processor.resize_image(image, size), processor.resize_label(labels, size)
+        top, bottom, left, right = random_crop_box(
+            labels, self.crop_size, generator, self.cat_max_ratio, processor.ignore_index
+        )
+        image, labels = image[:, top:bottom, left:right], labels[top:bottom, left:right]
+        if torch.rand((), generator=generator).item() < self.flip_prob:
+            image, labels = image.flip(-1), labels.flip(-1)
+        if self.photometric:
+            image = photometric_distortion(image.contiguous(), generator)
+        pixel_values = processor.normalize_image(image.contiguous())
+        pad_bottom, pad_right = self.crop_size[0] - labels.shape[0], self.crop_size[1] - labels.shape[1]
+        if pad_bottom or pad_right:
+            pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom), value=0.0)
+            labels = F.pad(labels, (0, pad_right, 0, pad_bottom), value=processor.ignore_index)
+        return pixel_values, labels.contiguous()
+
+
+class EvalTransform:
+    """The processor's test-time path for `Dataset.with_transform`: pixel values at the test scale, labels encoded at
+    their original resolution.
+
+    Returns `{"pixel_values": [float32 (3, h_i, w_i)], "labels": [int64 (H_i, W_i)]}`; sizes vary with the images, so
+    use batch size 1 or [`collate_same_size`].
+    """
+
+    def __init__(self, processor: SemanticFPNImageProcessor, image_column: str = "image", label_column: str = "label"):
+        self.processor, self.image_column, self.label_column = processor, image_column, label_column
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(scale={self.processor.scale}, do_resize={self.processor.do_resize})"
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[torch.Tensor]]:
+        images, labels = _columns(batch, self.image_column, self.label_column, type(self).__name__)
+        output: dict[str, list[torch.Tensor]] = {"pixel_values": [], "labels": []}
+        for image, label in zip(images, labels):
+            check_label_policy(label, self.processor)
+            image = image_to_tensor(image)
+            label_ids = self.processor.encode_labels(label_to_tensor(label))
+            if image.shape[-2:] != label_ids.shape:
+                raise ValueError(
+                    f"EvalTransform: image size {tuple(image.shape[-2:])} and label size {tuple(label_ids.shape)} differ."
+                )
+            output["pixel_values"].append(self.processor.preprocess(image, return_tensors=None)["pixel_values"][0])
+            output["labels"].append(label_ids)
+        return output
+
+
+def _columns(batch: dict[str, list[Any]], image_column: str, label_column: str, who: str) -> tuple[list, list]:
+    missing = [column for column in (image_column, label_column) if column not in batch]
+    if missing:
+        raise KeyError(f"{who}: the batch has no column(s) {missing}; columns: {sorted(batch)}.")
+    images, labels = batch[image_column], batch[label_column]
+    if not isinstance(images, (list, tuple)):  # a single example (`dataset.with_transform` always passes lists)
+        images, labels = [images], [labels]
+    return list(images), list(labels)
+
+
+def collate_same_size(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack `pixel_values` and `labels` of examples whose tensors have equal sizes (a `DataLoader` `collate_fn`).
+
+    Evaluation keeps each label map at its original size, so a batch of differently sized images cannot be stacked:
+    that raises a `ValueError` asking for batch size 1 (`per_device_eval_batch_size=1`).
+    """
+    batch = {}
+    for key in ("pixel_values", "labels"):
+        shapes = sorted({tuple(example[key].shape) for example in examples})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"collate_same_size: {key} of different sizes {shapes} in one batch; evaluation keeps labels at their "
+                "original resolution (as mmseg), so use batch size 1 (per_device_eval_batch_size=1) for datasets "
+                "with mixed image sizes."
+            )
+        batch[key] = torch.stack([example[key] for example in examples])
+    return batch
+
+
+__all__ = [
+    "EvalTransform",
+    "TrainTransform",
+    "collate_same_size",
+    "hsv_to_rgb_uint8",
+    "keep_ratio_size",
+    "photometric_distortion",
+    "random_crop_box",
+    "rgb_to_hsv_uint8",
+]
