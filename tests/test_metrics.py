@@ -80,7 +80,8 @@ def random_case(rng: np.random.Generator, index: int) -> dict:
     ignore_index = int(rng.choice([255, 255, 255, 0, -1, num_labels + 1]))
     label_map = None
     if rng.random() < 0.2:
-        label_map = {int(k): int(v) for k, v in zip(rng.integers(0, num_labels + 3, 4), rng.integers(0, num_labels, 4))}
+        old_ids, new_ids = rng.integers(0, num_labels + 3, 4), rng.integers(0, num_labels, 4)
+        label_map = {int(old_id): int(new_id) for old_id, new_id in zip(old_ids, new_ids)}
     present = rng.choice(num_labels, size=max(1, num_labels // 2), replace=False)  # about half the classes absent
     dtype = rng.choice([np.uint8, np.int32, np.int64]) if num_labels < 200 else np.int64
     predictions, references = [], []
@@ -139,7 +140,8 @@ def test_streaming_equals_one_shot_across_input_kinds():
     # A (B, H, W) batch in one call equals its maps one at a time.
     predictions = rng.integers(0, 5, size=(4, 9, 11))
     references = rng.integers(0, 6, size=(4, 9, 11))
-    assert_same_results(mean_iou(predictions, references, 5, 255), mean_iou(list(predictions), list(references), 5, 255))
+    one_call = mean_iou(predictions, references, 5, 255)
+    assert_same_results(one_call, mean_iou(list(predictions), list(references), 5, 255))
 
 
 def test_confusion_matrix_layout_and_out_of_range_bins():
@@ -157,6 +159,32 @@ def test_confusion_matrix_layout_and_out_of_range_bins():
     np.testing.assert_array_equal(results["per_category_iou"], [1 / 2, 1 / 3, 0.0])
     np.testing.assert_array_equal(results["per_category_accuracy"], [1.0, 1 / 3, 0.0])
     assert results["overall_accuracy"] == 2 / 6
+
+
+def test_wide_value_ranges_and_other_dtypes():
+    rng = np.random.default_rng(5)
+    predictions = rng.integers(0, 6, size=(3, 10, 12))
+    references = rng.integers(0, 7, size=(3, 10, 12))
+    references[0, 0, :3] = [255, 10**6, -(10**6)]  # a value range too wide for the lookup table
+    predictions[1, 0, :2] = [10**7, -5]
+    for reduce_labels in (False, True):
+        expected = reference_mean_iou(predictions, references, 6, 255, reduce_labels=reduce_labels)
+        assert_same_results(mean_iou(predictions, references, 6, 255, reduce_labels=reduce_labels), expected)
+    small = rng.integers(-2, 7, size=(2, 5, 5))
+    expected = reference_mean_iou(small, small[::-1], 6, -1, label_map={3: 0, 0: 3})
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.float32):
+        as_dtype = torch.from_numpy(small).to(dtype)
+        assert_same_results(mean_iou(as_dtype, as_dtype.flip(0), 6, -1, label_map={3: 0, 0: 3}), expected)
+    # More pixels than one counting chunk (2**20), as uint8 arrays and as int64 tensors.
+    large_prediction = rng.integers(0, 6, size=(1030, 1030), dtype=np.uint8)
+    large_reference = large_prediction ^ (rng.random((1030, 1030)) < 0.3)  # 30% wrong
+    large_reference[rng.random((1030, 1030)) < 0.1] = 255
+    expected = reference_mean_iou([large_prediction], [large_reference], 5, 255)
+    assert_same_results(mean_iou(large_prediction, large_reference, 5, 255), expected)
+    as_tensors = torch.from_numpy(large_prediction).long(), torch.from_numpy(large_reference).long()
+    assert_same_results(mean_iou(*as_tensors, 5, 255), expected)
+    mask = rng.random((2, 4, 4)) < 0.5
+    assert_same_results(mean_iou(mask, mask[::-1], 2, 255), reference_mean_iou(mask, mask[::-1], 2, 255))
 
 
 def test_absent_classes_are_nan_and_nan_to_num():
@@ -242,7 +270,7 @@ def test_compute_metrics_over_batches_equals_one_shot():
     # Reset after compute_result: a second evaluation starts from zero; nan_to_num keeps every key.
     compute_metrics = make_compute_metrics(num_labels, nan_to_num=0.0)
     output = compute_metrics(EvalPrediction(predictions=torch.zeros(1, 5, 2, 2), label_ids=torch.zeros(1, 2, 2)))
-    assert output["iou_class_4"] == 0.0 and output["mean_iou"] == 1.0  # the mean skips NaNs before filling, as evaluate
+    assert output["iou_class_4"] == 0.0 and output["mean_iou"] == 1.0  # NaNs skipped by the mean, then filled
     # The preprocess hook gives class ids at the label size, which compute_metrics then counts as they are.
     hook = make_compute_metrics(num_labels)
     logits = torch.randn(2, num_labels, 6, 8)
@@ -269,7 +297,8 @@ def test_trainer_batch_eval_metrics(tmp_path):
     metrics = trainer.evaluate()
     with torch.no_grad():
         logits = model(pixel_values).logits
-    predictions = torch.nn.functional.interpolate(logits, size=(40, 48), mode="bilinear", align_corners=False).argmax(1)
+    upsampled = torch.nn.functional.interpolate(logits, size=(40, 48), mode="bilinear", align_corners=False)
+    predictions = upsampled.argmax(1)
     expected = reference_mean_iou(list(predictions.numpy()), list(labels.numpy()), 3, 255)
     assert metrics["eval_mean_iou"] == pytest.approx(float(expected["mean_iou"]), abs=1e-9)
     for index in range(3):

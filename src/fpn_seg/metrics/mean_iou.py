@@ -15,6 +15,11 @@ makes its pixel count in the prediction area of the predicted class, exactly as 
 `range(num_labels)` do. To keep these counts, the accumulator holds a `(num_labels + 1) ** 2` matrix whose last row
 and column gather the out-of-range values; `MeanIoU.confusion_matrix` shows the `num_labels x num_labels` part.
 
+Counting: per map, the (reference value, prediction value) pairs are counted with one `torch.bincount` over the
+small grid of values present (256 x 256 at most for uint8 maps), in chunks of 1M pixels, and that grid is then folded
+into the matrix through the label policy (`label_map`, `reduce_labels`, `ignore_index`, out-of-range values), so the
+policy costs nothing per pixel. Maps with very wide value ranges take a per-pixel path with the same policy code.
+
 Three ways in: the plain function `mean_iou` (evaluate's signature), the accumulator `MeanIoU`, and
 `make_compute_metrics` for `Trainer(batch_eval_metrics=True)`; the `evaluate` module shipped in
 `fpn_seg/metrics/mean_iou_metric/` runs `mean_iou`.
@@ -32,33 +37,59 @@ from torch.nn import functional as F
 
 # The value that evaluate's `reduce_labels` maps 0 to, whatever `ignore_index` is (it is hard-coded there too).
 REDUCED_BACKGROUND = 255
+# Most (reference value, prediction value) pairs counted with one bincount before folding into the matrix; wider
+# value ranges go through the label policy pixel by pixel.
+_JOINT_HISTOGRAM_LIMIT = 1 << 18
+# Pixels encoded at a time (int32 / int64 temporaries of 4 / 8 MiB).
+_CHUNK_PIXELS = 1 << 20
 # The label value with which the Trainer pads labels across processes (`pad_across_processes(pad_index=-100)`).
 TRAINER_PADDING_INDEX = -100
 
 SegmentationMaps = torch.Tensor | np.ndarray | Sequence[Any]
 
 
-def _as_integer_tensor(segmentation_map: Any, name: str, device: torch.device | None) -> torch.Tensor:
-    """One class-id map (tensor, array, PIL image or nested list) -> an int64 tensor (on `device` when given)."""
+def _as_class_id_tensor(segmentation_map: Any, name: str, device: torch.device | None) -> torch.Tensor:
+    """One class-id map (tensor, array, PIL image or nested list) -> an integer tensor on `device`.
+
+    The integer dtype is kept (uint8 label maps are not widened); bool becomes uint8, integral floats int64.
+    """
     if not isinstance(segmentation_map, torch.Tensor):
         array = np.asarray(segmentation_map)
         if array.dtype == object:
-            raise TypeError(f"{name}: expected a class-id map (tensor, array or PIL image), got {type(segmentation_map)}.")
+            raise TypeError(
+                f"{name}: expected a class-id map (tensor, array or PIL image), got {type(segmentation_map)}."
+            )
         if array.dtype.kind == "b":
             array = array.astype(np.uint8)
-        if not (array.dtype.isnative and array.flags.writeable) or array.dtype.kind == "u" and array.dtype.itemsize > 1:
-            # Big-endian, uint16/32/64 (types torch cannot compute with), or read-only (as PIL's): copy.
-            array = array.astype(np.int64)
+        elif not array.dtype.isnative or array.dtype.kind == "u" and array.dtype.itemsize > 1:
+            array = array.astype(np.int64)  # big-endian, or uint16/32/64 (little supported by torch)
+        elif not array.flags.writeable:
+            array = array.copy()  # read-only (as PIL's): torch.from_numpy wants a writable buffer
         segmentation_map = torch.from_numpy(np.ascontiguousarray(array))
-    if segmentation_map.is_floating_point():
+    if segmentation_map.dtype == torch.bool:
+        segmentation_map = segmentation_map.to(torch.uint8)
+    elif segmentation_map.is_floating_point():
         if not bool(torch.all(segmentation_map == segmentation_map.round())):
             raise TypeError(
                 f"{name}: expected integer class ids, got non-integral {segmentation_map.dtype} values; take the "
                 "argmax over the class dimension of logits first."
             )
+        segmentation_map = segmentation_map.to(torch.int64)
     elif segmentation_map.is_complex():
         raise TypeError(f"{name}: expected integer class ids, got {segmentation_map.dtype}.")
-    return segmentation_map.to(device=device, dtype=torch.int64)
+    elif segmentation_map.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        segmentation_map = segmentation_map.to(torch.int64)
+    return segmentation_map.to(device)
+
+
+def _value_range(values: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of a non-empty integer tensor; the dtype's range for 8-bit maps (no pass over the data)."""
+    if values.dtype == torch.uint8:
+        return 0, 255
+    if values.dtype == torch.int8:
+        return -128, 127
+    low, high = torch.aminmax(values)
+    return int(low), int(high)
 
 
 def _is_single_map(value: Any) -> bool:
@@ -73,7 +104,9 @@ def _iterate_pairs(predictions: SegmentationMaps, references: SegmentationMaps) 
         return
     for name, value in (("predictions", predictions), ("references", references)):
         if not (_is_single_map(value) or isinstance(value, Sequence)):
-            raise TypeError(f"{name}: expected a tensor, an array, a PIL image or a sequence of them, got {type(value)}.")
+            raise TypeError(
+                f"{name}: expected a tensor, an array, a PIL image or a sequence of them, got {type(value)}."
+            )
     if len(predictions) != len(references):
         raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
     for position, (prediction, reference) in enumerate(zip(predictions, references)):
@@ -174,8 +207,8 @@ class MeanIoU:
             if first_tensor is not None:
                 self._counts = self._counts.to(first_tensor.device)
                 self._device_fixed = True
-        prediction = _as_integer_tensor(prediction, f"predictions{position}", self.device)
-        reference = _as_integer_tensor(reference, f"references{position}", self.device)
+        prediction = _as_class_id_tensor(prediction, f"predictions{position}", self.device)
+        reference = _as_class_id_tensor(reference, f"references{position}", self.device)
         if prediction.shape != reference.shape:
             raise ValueError(
                 f"predictions{position} has shape {tuple(prediction.shape)} but references{position} has shape "
@@ -186,20 +219,65 @@ class MeanIoU:
                 f"predictions{position}: expected a (H, W) map or a (B, H, W) batch of class ids, got shape "
                 f"{tuple(prediction.shape)} (for (B, num_labels, H, W) logits take argmax(dim=1) first)."
             )
-        if self.label_map:
-            reference = apply_label_map(reference, self.label_map)
-        if self.reduce_labels:
-            reference = reduce_reference_labels(reference)
+        if prediction.numel() == 0:
+            return
         self._counts += self._pair_counts(prediction.flatten(), reference.flatten())
 
     def _pair_counts(self, prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """Flat `(C + 1) ** 2` counts of (reference bin, prediction bin) over the pixels not ignored."""
-        num_labels, size = self.num_labels, self.num_labels + 1
-        reference_bin = torch.where((reference >= 0) & (reference < num_labels), reference, num_labels)
-        prediction_bin = torch.where((prediction >= 0) & (prediction < num_labels), prediction, num_labels)
-        flat_index = reference_bin.mul_(size).add_(prediction_bin)
-        flat_index.masked_fill_(reference == self.ignore_index, size * size)  # ignored pixels -> a dropped bin
-        return torch.bincount(flat_index, minlength=size * size + 1)[: size * size]
+        """Flat `(C + 1) ** 2` counts of (reference row, prediction column) over the pixels that are not ignored.
+
+        When the value ranges are small (always for uint8 maps), the (reference value, prediction value) pairs
+        are counted first (one `bincount` over `span_ref * span_pred` bins) and that small histogram is folded
+        into the matrix through the label policy; otherwise the policy is applied to every pixel.
+        """
+        reference_low, reference_high = _value_range(reference)
+        prediction_low, prediction_high = _value_range(prediction)
+        reference_span = reference_high - reference_low + 1
+        prediction_span = prediction_high - prediction_low + 1
+        # pair code = (reference - reference_low) * prediction_span + (prediction - prediction_low), computed in
+        # int32 when the intermediate reference * prediction_span + prediction fits (half the traffic of int64)
+        largest = max(abs(reference_low), abs(reference_high)) * prediction_span
+        largest += max(abs(prediction_low), abs(prediction_high))
+        if reference_span * prediction_span > _JOINT_HISTOGRAM_LIMIT or largest >= 2**62:
+            flat_index = self._rows_of_values(reference.to(torch.int64))
+            flat_index += self._columns_of_values(prediction.to(torch.int64))
+            size = self.num_labels + 1  # ignored pixels land past size * size: dropped
+            return torch.bincount(flat_index, minlength=size * size + size)[: size * size]
+        code_dtype = torch.int32 if largest < 2**31 and prediction.dtype != torch.int64 else torch.int64
+        offset = reference_low * prediction_span + prediction_low
+        pair_counts = torch.zeros(reference_span * prediction_span, dtype=torch.int64, device=reference.device)
+        for start in range(0, reference.numel(), _CHUNK_PIXELS):  # bounded temporaries on large maps
+            chunk = slice(start, start + _CHUNK_PIXELS)
+            code = reference[chunk].to(code_dtype, copy=True).mul_(prediction_span).add_(prediction[chunk])
+            if offset:
+                code.sub_(offset)
+            pair_counts += torch.bincount(code, minlength=reference_span * prediction_span)
+            del code  # freed before the next chunk's is made
+        rows = self._rows_of_values(torch.arange(reference_low, reference_high + 1, device=pair_counts.device))
+        columns = self._columns_of_values(torch.arange(prediction_low, prediction_high + 1, device=pair_counts.device))
+        return self._fold((rows[:, None] + columns[None, :]).flatten(), pair_counts)
+
+    def _fold(self, flat_index: torch.Tensor, pair_counts: torch.Tensor) -> torch.Tensor:
+        """Sum `pair_counts` into the flat matrix at `flat_index`; ignored entries (index `(C + 1) ** 2` and above)
+        are dropped."""
+        size = self.num_labels + 1
+        folded = torch.zeros(size * size + size, dtype=torch.int64, device=flat_index.device)
+        return folded.index_add_(0, flat_index, pair_counts)[: size * size]
+
+    def _rows_of_values(self, values: torch.Tensor) -> torch.Tensor:
+        """int64 reference values -> their offset in the flat matrix: `row * (C + 1)` after the label policy, the
+        out-of-range row `C` for values outside `0..C-1`, and `(C + 1) ** 2` for ignored values."""
+        if self.label_map:
+            values = apply_label_map(values, self.label_map)
+        if self.reduce_labels:
+            values = reduce_reference_labels(values)
+        size = self.num_labels + 1
+        rows = torch.where((values >= 0) & (values < self.num_labels), values, self.num_labels) * size
+        return rows.masked_fill_(values == self.ignore_index, size * size)
+
+    def _columns_of_values(self, values: torch.Tensor) -> torch.Tensor:
+        """int64 predicted values -> columns: the class id, or the out-of-range column `C`."""
+        return torch.where((values >= 0) & (values < self.num_labels), values, self.num_labels)
 
     def all_reduce(self, group: Any = None) -> "MeanIoU":
         """Sum the counts over the processes of `group` with `torch.distributed` (no-op when it is not initialised).
@@ -418,7 +496,7 @@ def make_compute_metrics(
     inputs_gathered: bool = True,
     nan_to_num: float | None = None,
 ) -> MeanIoUComputeMetrics:
-    """A [`MeanIoUComputeMetrics`] for `Trainer(..., compute_metrics=..., args=TrainingArguments(batch_eval_metrics=True))`.
+    """A [`MeanIoUComputeMetrics`] for `Trainer(compute_metrics=..., args=TrainingArguments(batch_eval_metrics=True))`.
 
     Args:
         config_or_num_labels: a model config (its `num_labels`, `id2label`, `ignore_index` are used) or a number of
@@ -437,12 +515,13 @@ def make_compute_metrics(
         config_ignore = getattr(config, "ignore_index", None)
     else:
         raise TypeError(
-            f"make_compute_metrics: config_or_num_labels must be a model config or an int, got {type(config_or_num_labels)}."
+            "make_compute_metrics: config_or_num_labels must be a model config or an int, got "
+            f"{type(config_or_num_labels)}."
         )
     return MeanIoUComputeMetrics(
         num_labels,
         id2label=id2label if id2label is not None else config_names,
-        ignore_index=ignore_index if ignore_index is not None else (config_ignore if config_ignore is not None else 255),
+        ignore_index=next(value for value in (ignore_index, config_ignore, 255) if value is not None),
         inputs_gathered=inputs_gathered,
         nan_to_num=nan_to_num,
     )
