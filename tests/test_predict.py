@@ -1,0 +1,337 @@
+"""`fpn-seg predict` end to end on a tiny saved model and real image files: outputs, modes, refusals, bad inputs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_config
+from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
+from fpn_seg.cli import COMMANDS
+from fpn_seg.cli import main as cli_main
+from fpn_seg.inference import MMSEG_MS_RATIOS, segment
+
+NUM_LABELS = 4
+SCALE = (64, 32)  # a tiny test scale: images of a few dozen pixels stay small
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny convolutions: one thread is faster than two on a shared machine, and not at the mercy of its load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny model folder saved as `save_pretrained` writes it, with its processor."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    config = tiny_config(num_labels=NUM_LABELS)
+    SemanticFPNForSemanticSegmentation(config).save_pretrained(folder)
+    SemanticFPNImageProcessor.from_model_config(config, scale=SCALE).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    return AutoModelForSemanticSegmentation.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir)
+
+
+def _scene(height: int, width: int, seed: int) -> np.ndarray:
+    """A (H, W, 3) uint8 picture with a few flat regions and noise (not pure noise, not flat)."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width, 3), dtype=np.float32)
+    image[: height // 3] = (90, 140, 220)
+    image[height // 3 :] = (110, 110, 110)
+    image[height // 2 :, width // 3 : 2 * width // 3] = (30, 160, 40)
+    image += rng.normal(0, 12, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def images(tmp_path) -> dict[str, Path]:
+    """Real image files of several modes, one in a nested folder. Keys: names; values: paths (sizes in `_SIZES`)."""
+    root = tmp_path / "photos"
+    (root / "day" / "morning").mkdir(parents=True)
+    paths = {
+        "rgb": root / "street.png",
+        "gray": root / "day" / "morning" / "gray.jpg",
+        "rgba": root / "day" / "rgba.png",
+        "palette": root / "palette.png",
+        "gray16": root / "gray16.png",
+        "cmyk": root / "cmyk.jpg",
+    }
+    Image.fromarray(_scene(30, 50, 0)).save(paths["rgb"])
+    Image.fromarray(_scene(24, 40, 1)).convert("L").save(paths["gray"], quality=90)
+    Image.fromarray(_scene(28, 36, 2)).convert("RGBA").save(paths["rgba"])
+    Image.fromarray(_scene(20, 33, 3)).convert("P").save(paths["palette"])
+    gray16 = (_scene(22, 30, 4)[:, :, 0].astype(np.uint16) * 257)
+    Image.fromarray(gray16).save(paths["gray16"])
+    Image.fromarray(_scene(26, 26, 5)).convert("CMYK").save(paths["cmyk"])
+    return paths
+
+
+def _predict(capsys, *args) -> tuple[int, str, str]:
+    status = cli_main(["predict", *map(str, args)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _upright_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file as the model sees it (EXIF orientation applied)."""
+    from PIL import ImageOps
+
+    with Image.open(path) as image:
+        width, height = ImageOps.exif_transpose(image).size
+    return height, width
+
+
+def _check_outputs(image_path: Path, label_path: Path, overlay_path: Path | None, expected: torch.Tensor):
+    label = np.asarray(Image.open(label_path))
+    assert label.shape == _upright_size(image_path)
+    assert label.max() < NUM_LABELS
+    np.testing.assert_array_equal(label, expected.numpy())
+    if overlay_path is not None:
+        with Image.open(overlay_path) as picture:
+            assert picture.mode == "RGB"
+            assert picture.width > label.shape[1] and picture.height >= label.shape[0]  # the legend is beside it
+
+
+def test_folders_files_and_globs_keep_structure(tmp_path, capsys, model_dir, loaded, images):
+    extra = tmp_path / "loose"
+    extra.mkdir()
+    Image.fromarray(_scene(18, 30, 6)).save(extra / "one.png")
+    Image.fromarray(_scene(18, 30, 7)).save(extra / "two.jpg")
+    (extra / "notes.txt").write_text("not an image, and not matched by the folder or the glob")
+    out = tmp_path / "out"
+    status, stdout, stderr = _predict(
+        capsys, model_dir, images["rgb"].parent, f"{extra}/*", images["rgb"], "--output-dir", out
+    )
+    assert status == 0, stderr
+    model, processor = loaded
+    expected_stems = {
+        images["rgb"]: "street",  # also named directly: segmented once
+        images["gray"]: "day/morning/gray",
+        images["rgba"]: "day/rgba",
+        images["palette"]: "palette",
+        images["gray16"]: "gray16",
+        images["cmyk"]: "cmyk",
+        extra / "one.png": "one",
+        extra / "two.jpg": "two",
+    }
+    for image_path, stem in expected_stems.items():
+        (expected,) = segment(model, processor, [image_path])
+        _check_outputs(image_path, out / f"{stem}_label.png", out / f"{stem}_overlay.png", expected)
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
+    assert len(written) == 2 * len(expected_stems)
+    assert f"Segmented {len(expected_stems)} image(s)" in stdout
+    assert "Classes seen" in stdout and str(out.resolve()) in stdout
+
+
+def test_slide_with_batches_and_no_overlay(tmp_path, capsys, model_dir, loaded, images):
+    model, processor = loaded
+    inputs = [images["rgb"], images["rgba"]]
+    out = tmp_path / "out"
+    status, _, stderr = _predict(
+        capsys, model_dir, *inputs, "--output-dir", out, "--mode", "slide", "--crop-size", 24, 32,
+        "--batch-size", 2, "--no-overlay", "--device", "cpu",
+    )  # fmt: skip
+    assert status == 0, stderr
+    # The stride defaults to 2/3 of the crop, as mmseg's (512 -> 341, 1024 -> 683).
+    expected = segment(model, processor, inputs, mode="slide", crop_size=(24, 32), stride=(16, 21))
+    for image_path, labels in zip(inputs, expected):
+        _check_outputs(image_path, out / f"{image_path.stem}_label.png", None, labels)
+    assert not list(out.glob("*_overlay.png"))
+
+
+def test_tta_is_mmseg_multiscale_flip(tmp_path, capsys, model_dir, loaded, images):
+    model, processor = loaded
+    out = tmp_path / "out"
+    status, _, stderr = _predict(capsys, model_dir, images["gray"], "--output-dir", out, "--tta")
+    assert status == 0, stderr
+    (expected,) = segment(model, processor, [images["gray"]], scales=MMSEG_MS_RATIOS, flip=True)
+    _check_outputs(images["gray"], out / "gray_label.png", out / "gray_overlay.png", expected)
+
+
+def test_exif_rotated_jpeg_gives_upright_outputs(tmp_path, capsys, model_dir, loaded):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate it by 90 degrees
+    Image.fromarray(_scene(20, 36, 8)).save(path, exif=exif)
+    status, _, stderr = _predict(capsys, model_dir, path, "--output-dir", tmp_path / "out", "--bf16")
+    assert status == 0, stderr
+    with Image.open(tmp_path / "out" / "phone_label.png") as label:
+        assert (label.height, label.width) == (36, 20)
+    with Image.open(tmp_path / "out" / "phone_overlay.png") as picture:
+        assert picture.width > 20
+
+
+def test_same_stems_in_one_folder_get_their_extension(tmp_path, capsys, model_dir):
+    folder = tmp_path / "clash"
+    folder.mkdir()
+    Image.fromarray(_scene(16, 20, 0)).save(folder / "a.png")
+    Image.fromarray(_scene(16, 20, 1)).save(folder / "a.jpg")
+    status, _, stderr = _predict(capsys, model_dir, folder, "--output-dir", tmp_path / "out", "--no-overlay")
+    assert status == 0, stderr
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_jpg_label.png", "a_png_label.png"]
+
+
+def test_existing_outputs_are_not_overwritten_without_the_flag(tmp_path, capsys, model_dir, images):
+    out = tmp_path / "out"
+    assert _predict(capsys, model_dir, images["rgb"], images["cmyk"], "--output-dir", out)[0] == 0
+    (out / "cmyk_label.png").unlink()  # one output missing, the others present: still refused as a whole
+    (out / "street_overlay.png").write_bytes(b"kept")
+    before = {path: path.read_bytes() for path in out.iterdir()}
+
+    status, _, stderr = _predict(capsys, model_dir, images["rgb"], images["cmyk"], "--output-dir", out)
+    assert status == 2
+    assert "already exist" in stderr and "--overwrite" in stderr and "street_label.png" in stderr
+    assert {path: path.read_bytes() for path in out.iterdir()} == before  # untouched, nothing added
+
+    status, _, stderr = _predict(capsys, model_dir, images["rgb"], images["cmyk"], "--output-dir", out, "--overwrite")
+    assert status == 0, stderr
+    assert (out / "cmyk_label.png").is_file()
+    assert Image.open(out / "street_overlay.png").width > 50
+    assert not [path for path in out.iterdir() if path.name.startswith(".")]  # no temporary files left behind
+
+
+def test_unreadable_images_are_reported_and_skipped(tmp_path, capsys, model_dir, images):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(_scene(10, 12, 0)).save(folder / "good.png")  # 120 pixels
+    (folder / "text.png").write_text("this is a text file named .png")
+    (folder / "empty.jpg").write_bytes(b"")
+    png = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(png[: len(png) // 2])
+    Image.fromarray(_scene(40, 60, 1)).save(tmp_path / "full.jpg", quality=95)
+    (folder / "truncated.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:600])
+    Image.fromarray(_scene(12, 12, 2)).save(folder / "big.png")  # 144 pixels, above --max-pixels 130
+    Image.fromarray(_scene(1, 1, 3)).save(folder / "tiny.png")  # a 1x1 image works
+
+    out = tmp_path / "out"
+    status, stdout, stderr = _predict(capsys, model_dir, folder, "--output-dir", out, "--max-pixels", 130)
+    assert status == 1
+    assert "Segmented 2 image(s)" in stdout and "5 image(s) failed" in stdout
+    failures = {line.split(": ", 1)[0].strip(): line for line in stdout.splitlines() if line.startswith("  ")}
+    assert "not an image file" in failures[str(folder / "text.png")]
+    assert "not an image file" in failures[str(folder / "empty.jpg")]
+    assert "cannot read it" in failures[str(folder / "truncated.png")]
+    assert "cannot read it" in failures[str(folder / "truncated.jpg")]
+    assert "12x12" in failures[str(folder / "big.png")] and "--max-pixels 130" in failures[str(folder / "big.png")]
+    assert np.asarray(Image.open(out / "tiny_label.png")).shape == (1, 1)
+    assert (out / "good_label.png").is_file() and not (out / "text_label.png").exists()
+
+
+@pytest.mark.parametrize(
+    "make_model, message",
+    [
+        (lambda root, model_dir: root / "no_such_model", "no such model folder"),
+        (lambda root, model_dir: _copy(model_dir, root / "no_weights", skip="model.safetensors"), "has no weights"),
+        (lambda root, model_dir: _copy(model_dir, root / "no_config", skip="config.json"), "has no config.json"),
+        (lambda root, model_dir: _copy(model_dir, root / "weights.safetensors", file="model.safetensors"), "is a file"),
+    ],
+    ids=["missing", "no-weights", "no-config", "a-file"],
+)
+def test_bad_model_gives_clear_error(tmp_path, capsys, model_dir, images, make_model, message):
+    model = make_model(tmp_path, model_dir)
+    status, _, stderr = _predict(capsys, model, images["rgb"], "--output-dir", tmp_path / "out")
+    assert status == 2
+    assert message in stderr and str(model) in stderr
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists()
+
+
+def _copy(source: Path, target: Path, skip: str | None = None, file: str | None = None) -> Path:
+    if file is not None:
+        target.write_bytes((source / file).read_bytes())
+        return target
+    target.mkdir()
+    for path in source.iterdir():
+        if path.name != skip:
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_missing_processor_config_falls_back_with_a_note(tmp_path, capsys, model_dir, images):
+    folder = _copy(model_dir, tmp_path / "no_processor", skip="preprocessor_config.json")
+    status, _, stderr = _predict(capsys, folder, images["rgb"], "--output-dir", tmp_path / "out", "--no-overlay")
+    assert status == 0, stderr
+    assert "no preprocessor_config.json" in stderr and "(2048, 1024)" in stderr
+    assert np.asarray(Image.open(tmp_path / "out" / "street_label.png")).shape == (30, 50)
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (["{tmp}/nothing/*.png"], "matched no image files"),
+        (["{tmp}/missing.png"], "no such file or folder"),
+        (["{tmp}/empty_folder"], "holds no image files"),
+    ],
+    ids=["glob", "file", "folder"],
+)
+def test_inputs_matching_nothing_give_clear_errors(tmp_path, capsys, model_dir, images, inputs, message):
+    (tmp_path / "empty_folder").mkdir()
+    (tmp_path / "empty_folder" / "readme.txt").write_text("no images here")
+    inputs = [text.format(tmp=tmp_path) for text in inputs]
+    status, _, stderr = _predict(capsys, model_dir, images["rgb"], *inputs, "--output-dir", tmp_path / "out")
+    assert status == 2
+    assert message in stderr and inputs[0] in stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--mode", "slide"], "--mode slide needs --crop-size"),
+        (["--crop-size", "16", "16"], "apply to --mode slide only"),
+        (["--alpha", "1.5"], "--alpha must lie in 0..1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--mode", "tiles"], "invalid choice: 'tiles'"),
+    ],
+)
+def test_bad_options_are_usage_errors(tmp_path, capsys, model_dir, images, options, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", str(model_dir), str(images["rgb"]), "--output-dir", str(tmp_path / "out"), *options])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_device_is_a_clear_error(tmp_path, capsys, model_dir, images):
+    status, _, stderr = _predict(capsys, model_dir, images["rgb"], "--output-dir", tmp_path / "o", "--device", "gpu0")
+    assert status == 2 and "--device 'gpu0'" in stderr
+    if not torch.cuda.is_available():
+        status, _, stderr = _predict(capsys, model_dir, images["rgb"], "--output-dir", tmp_path / "o", "--device", "cuda")
+        assert status == 2 and "CUDA is not available" in stderr
+
+
+def test_cli_help_and_unknown_command(capsys):
+    assert cli_main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    for command, (_, description) in COMMANDS.items():
+        assert f"  {command}" in listing and description in listing
+    assert cli_main(["predikt"]) == 2
+    assert "Did you mean 'predict'?" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", "--help"])
+    assert exit_info.value.code == 0
+    assert "--output-dir" in capsys.readouterr().out
+
+
+def test_console_command_in_a_subprocess(tmp_path, model_dir, images):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "fpn_seg.cli", "predict", str(model_dir), str(images["rgba"]), "-o", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Segmented 1 image(s)" in result.stdout
+    assert np.asarray(Image.open(out / "rgba_label.png")).shape == (28, 36)
+    assert (out / "rgba_overlay.png").is_file()
