@@ -306,6 +306,12 @@ def test_trainer_batch_eval_metrics(tmp_path):
         np.testing.assert_allclose(value, expected["per_category_iou"][index], atol=1e-9, equal_nan=True)
     table = format_iou_table(compute_metrics.last_results, config.id2label)
     assert "class_2" in table and f"{100 * expected['mean_iou']:.2f}" in table
+    # The same table from the Trainer's flat metrics (no per-class accuracy there).
+    flat_table = format_iou_table(metrics, config.id2label, prefix="eval_")
+    for full_line, flat_line in zip(table.splitlines(), flat_table.splitlines()):
+        if full_line.startswith("| class_"):
+            assert full_line.split("|")[:3] == flat_line.split("|")[:3]
+    assert table.splitlines()[-3] == flat_table.splitlines()[-3]  # means
 
 
 def test_format_iou_table():
@@ -317,6 +323,18 @@ def test_format_iou_table():
     assert "| sky              |   nan |    nan |" in lines
     assert "| mean             | 50.00 |  75.00 |" in lines
     assert "| overall accuracy |       |  66.67 |" in lines
+    flat = {"test_mean_iou": 0.5, "test_mean_accuracy": 0.75, "test_overall_accuracy": 2 / 3,
+            "test_iou_road": 0.5, "test_iou_traffic_light": 0.5}  # fmt: skip
+    flat_lines = format_iou_table(flat, ["road", "traffic light", "sky"], prefix="test_").splitlines()
+    assert "| traffic light    | 50.00 |       |" in flat_lines
+    assert "| sky              |   nan |       |" in flat_lines
+
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in line.split("|")]
+
+    assert [cells(line) for line in flat_lines[-3:-1]] == [cells(line) for line in lines[-3:-1]]  # means
+    with pytest.raises(ValueError, match="id2label"):
+        format_iou_table(flat)
 
 
 _EVALUATE_SCRIPT = """

@@ -362,13 +362,26 @@ def _metric_key(prefix: str, class_name: str, taken: set[str]) -> str:
     return unique
 
 
-def _normalise_id2label(id2label: Mapping[Any, str] | Sequence[str] | None, num_labels: int) -> dict[int, str]:
+def iou_metric_keys(id2label: Mapping[Any, str] | Sequence[str] | int) -> list[str]:
+    """The flat metric key of each class's IoU, `iou_<name>` (`iou_traffic_light`), as `compute_metrics` logs them;
+    `id2label` may be a number of classes (names `class_<i>`)."""
+    names = _normalise_id2label(None, id2label) if isinstance(id2label, int) else _normalise_id2label(id2label)
+    taken: set[str] = {"mean_iou", "mean_accuracy", "overall_accuracy"}
+    return [_metric_key("iou_", names[index], taken) for index in range(len(names))]
+
+
+def _normalise_id2label(
+    id2label: Mapping[Any, str] | Sequence[str] | None, num_labels: int | None = None
+) -> dict[int, str]:
+    """{class id: name} for ids `0..num_labels-1` (default: as many as `id2label` names), `class_<i>` if unnamed."""
     if id2label is None:
-        return {index: f"class_{index}" for index in range(num_labels)}
-    if isinstance(id2label, Mapping):
+        names = {}
+    elif isinstance(id2label, Mapping):
         names = {int(index): str(name) for index, name in id2label.items()}
     else:
         names = dict(enumerate(map(str, id2label)))
+    if num_labels is None:
+        num_labels = max(names, default=-1) + 1
     return {index: names.get(index, f"class_{index}") for index in range(num_labels)}
 
 
@@ -415,8 +428,7 @@ class MeanIoUComputeMetrics:
         self.inputs_gathered = inputs_gathered
         self.nan_to_num = nan_to_num
         self.last_results: dict[str, Any] | None = None
-        taken: set[str] = {"mean_iou", "mean_accuracy", "overall_accuracy"}
-        self._iou_keys = [_metric_key("iou_", self.id2label[index], taken) for index in range(num_labels)]
+        self._iou_keys = iou_metric_keys(self.id2label)
 
     @property
     def num_labels(self) -> int:
@@ -527,23 +539,40 @@ def make_compute_metrics(
     )
 
 
-def format_iou_table(results: Mapping[str, Any], id2label: Mapping[Any, str] | Sequence[str] | None = None) -> str:
+def format_iou_table(
+    results: Mapping[str, Any], id2label: Mapping[Any, str] | Sequence[str] | None = None, prefix: str = ""
+) -> str:
     """A text table of per-class IoU and accuracy in percent (as mmseg prints it), followed by the means.
 
-    `results` is a [`MeanIoU.compute`] / [`mean_iou`] output (or `MeanIoUComputeMetrics.last_results`); classes
+    `results` is either a [`MeanIoU.compute`] / [`mean_iou`] output (or `MeanIoUComputeMetrics.last_results`), or
+    the flat metrics that `compute_metrics` returns, as the Trainer reports them (keys `<prefix>mean_iou`,
+    `<prefix>iou_<name>`, e.g. `prefix="eval_"`; those carry no per-class accuracy, and need `id2label`). Classes
     without a value show `nan`.
     """
-    ious = np.asarray(results["per_category_iou"], dtype=np.float64)
-    accuracies = np.asarray(results["per_category_accuracy"], dtype=np.float64)
-    names = _normalise_id2label(id2label, len(ious))
+    if "per_category_iou" in results:
+        ious = np.asarray(results["per_category_iou"], dtype=np.float64)
+        accuracies = np.asarray(results["per_category_accuracy"], dtype=np.float64)
+        names = _normalise_id2label(id2label, len(ious))
+        means = {key: results[key] for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
+    else:
+        if id2label is None:
+            raise ValueError("format_iou_table: flat Trainer metrics need id2label to find the per-class keys.")
+        names = _normalise_id2label(id2label)
+        keys = iou_metric_keys(names)
+        ious = np.array([results.get(prefix + key, math.nan) for key in keys], dtype=np.float64)
+        accuracies = None
+        means = {key: results.get(prefix + key, math.nan) for key in ("mean_iou", "mean_accuracy", "overall_accuracy")}
 
     def percent(value: float) -> str:
         return "nan" if math.isnan(float(value)) else f"{100 * float(value):.2f}"
 
-    rows = [(names[index], percent(ious[index]), percent(accuracies[index])) for index in range(len(ious))]
+    rows = [
+        (names[index], percent(ious[index]), "" if accuracies is None else percent(accuracies[index]))
+        for index in range(len(ious))
+    ]
     summary = [
-        ("mean", percent(results["mean_iou"]), percent(results["mean_accuracy"])),
-        ("overall accuracy", "", percent(results["overall_accuracy"])),
+        ("mean", percent(means["mean_iou"]), percent(means["mean_accuracy"])),
+        ("overall accuracy", "", percent(means["overall_accuracy"])),
     ]
     header = ("Class", "IoU", "Acc")
     widths = [max(len(row[column]) for row in [header, *rows, *summary]) for column in range(3)]
@@ -562,6 +591,7 @@ __all__ = [
     "apply_label_map",
     "flatten_results",
     "format_iou_table",
+    "iou_metric_keys",
     "make_compute_metrics",
     "mean_iou",
     "reduce_reference_labels",
