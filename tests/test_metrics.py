@@ -366,7 +366,7 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
 # Each worker loads only the metric's source file (it needs torch and NumPy), not the transformers-heavy package,
 # so that the two processes start in a couple of seconds.
 _ALL_REDUCE_WORKER = """
-import importlib.util, os, sys
+import importlib.util, os, sys, types
 import numpy as np, torch.distributed as dist
 rank, world_size, init_file, module_file, output_dir = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
 spec = importlib.util.spec_from_file_location("mean_iou_under_test", module_file)
@@ -379,6 +379,12 @@ metric.update(list(rng.integers(0, 5, size=(3, 7, 6))), list(rng.integers(0, 4, 
 np.save(os.path.join(output_dir, f"local_{rank}.npy"), metric.full_confusion_matrix.numpy())
 metric.all_reduce()
 np.save(os.path.join(output_dir, f"reduced_{rank}.npy"), metric.full_confusion_matrix.numpy())
+# compute_metrics fed only this process's shard (inputs_gathered=False) sums the shards at compute_result.
+compute_metrics = module.MeanIoUComputeMetrics(4, inputs_gathered=False)
+shard = types.SimpleNamespace(predictions=rng.integers(0, 4, (2, 5, 5)), label_ids=rng.integers(0, 4, (2, 5, 5)))
+compute_metrics(shard, compute_result=True)
+np.save(os.path.join(output_dir, f"shard_{rank}.npy"), np.stack([shard.predictions, shard.label_ids]))
+np.save(os.path.join(output_dir, f"shard_iou_{rank}.npy"), compute_metrics.last_results["per_category_iou"])
 dist.destroy_process_group()
 """
 
@@ -396,6 +402,10 @@ def test_all_reduce_sums_across_two_gloo_processes(tmp_path):
     assert local[0].sum() > 0 and not np.array_equal(local[0], local[1])
     for rank in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"reduced_{rank}.npy"), local[0] + local[1])
+    shards = [np.load(tmp_path / f"shard_{rank}.npy") for rank in range(2)]
+    expected = reference_mean_iou([*shards[0][0], *shards[1][0]], [*shards[0][1], *shards[1][1]], 4, 255)
+    for rank in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"shard_iou_{rank}.npy"), expected["per_category_iou"], atol=1e-12)
     # Without torch.distributed, all_reduce leaves the counts alone.
     metric = MeanIoU(num_labels=2).update(np.array([[0, 1]]), np.array([[0, 0]]))
     assert torch.equal(metric.all_reduce().full_confusion_matrix, metric.full_confusion_matrix)

@@ -404,7 +404,9 @@ class MeanIoUComputeMetrics:
     `torch.distributed.all_reduce` at `compute_result=True`.
 
     Pass `preprocess_logits_for_metrics=compute_metrics.preprocess_logits_for_metrics` to the Trainer as well: the
-    argmax then runs before that gather, which moves 1-byte class ids instead of C float logits per pixel.
+    argmax then runs before that gather, which moves 1-byte class ids instead of C float logits per pixel. (The
+    gather needs every process's batch to have the same label size; the Trainer only pads the label height, with
+    -100, so evaluation batches of different sizes across processes are not supported by the Trainer itself.)
 
     At `compute_result=True` it returns a flat dict of Python floats for the Trainer's logs: `mean_iou`,
     `mean_accuracy`, `overall_accuracy` and `iou_<class name>` per class, then resets for the next evaluation; the
