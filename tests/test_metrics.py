@@ -405,7 +405,8 @@ def test_all_reduce_sums_across_two_gloo_processes(tmp_path):
     shards = [np.load(tmp_path / f"shard_{rank}.npy") for rank in range(2)]
     expected = reference_mean_iou([*shards[0][0], *shards[1][0]], [*shards[0][1], *shards[1][1]], 4, 255)
     for rank in range(2):
-        np.testing.assert_allclose(np.load(tmp_path / f"shard_iou_{rank}.npy"), expected["per_category_iou"], atol=1e-12)
+        shard_iou = np.load(tmp_path / f"shard_iou_{rank}.npy")
+        np.testing.assert_allclose(shard_iou, expected["per_category_iou"], atol=1e-12)
     # Without torch.distributed, all_reduce leaves the counts alone.
     metric = MeanIoU(num_labels=2).update(np.array([[0, 1]]), np.array([[0, 0]]))
     assert torch.equal(metric.all_reduce().full_confusion_matrix, metric.full_confusion_matrix)
