@@ -1,6 +1,7 @@
 """SemanticFPNImageProcessor: mmseg parity, resizing, every kind of input, labels, batching, saving, post-processing."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -186,6 +187,10 @@ def test_image_files_of_every_mode(tmp_path):
     paletted.putpalette(palette.flatten().tolist())
     from_palette = image_to_tensor(save_image(tmp_path, "palette.png", paletted)).permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(from_palette, palette[indices])
+    see_through = save_image(tmp_path, "transparent.png", paletted, transparency=bytes([0, 128, 255]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow warns when such palettes are converted straight to RGB
+        np.testing.assert_array_equal(image_to_tensor(see_through).permute(1, 2, 0).numpy(), palette[indices])
     # 16-bit grey PNG: the high byte (v >> 8), as cv2 reads 16-bit images as 8-bit.
     deep = np.random.default_rng(4).integers(0, 65536, (20, 30), dtype=np.uint16)
     from_deep = image_to_tensor(save_image(tmp_path, "deep.png", Image.fromarray(deep)))

@@ -66,6 +66,8 @@ def _pil_to_uint8_hwc(image: Image.Image) -> np.ndarray:
         return _values_to_uint8(np.asarray(image), "PIL image of mode 'F'")[:, :, None].repeat(3, axis=2)
     if image.mode != "RGB":
         try:
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # Pillow's route for palettes with transparency; alpha dropped below
             image = image.convert("RGB")
         except (ValueError, OSError) as error:
             raise ValueError(f"Cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
