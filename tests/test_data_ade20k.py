@@ -65,7 +65,9 @@ def test_a_processor_that_would_not_reduce_is_refused(tmp_path, transform):
     dataset = load_ade20k(tmp_path, splits=["validation"], progress=False)["validation"]
     processor = SemanticFPNImageProcessor(scale=(12, 9))  # do_reduce_labels=False: 0 = "other" would be class 0
     make = {"train": lambda: TrainTransform(processor, crop_size=(8, 8)), "eval": lambda: EvalTransform(processor)}
-    with pytest.raises(ValueError, match=r"raw ADE20K annotations.*reduce_labels: the labels need True, the processor has False"):
+    with pytest.raises(
+        ValueError, match=r"raw ADE20K annotations.*reduce_labels: the labels need True, the processor has False"
+    ):
         dataset.with_transform(make[transform]())[0]
 
 
@@ -88,7 +90,10 @@ def test_broken_pairs_name_the_files(tmp_path):
     write_ade20k(tmp_path, "training", [(6, 8), (6, 8), (5, 5)])
     annotations = tmp_path / "ADEChallengeData2016/annotations/training"
     (annotations / "ADE_train_00000002.png").unlink()
-    with pytest.raises(ValueError, match=r"without a label file.*ADE_train_00000002\.jpg.*annotations/training/ADE_train_00000002\.png"):
+    with pytest.raises(
+        ValueError,
+        match=r"without a label file.*ADE_train_00000002\.jpg.*annotations/training/ADE_train_00000002\.png",
+    ):
         load_ade20k(tmp_path, splits=["train"], progress=False)
     PIL.Image.fromarray(np.zeros((6, 9), np.uint8)).save(annotations / "ADE_train_00000002.png")
     with pytest.raises(ValueError, match=r"Size mismatch.*ADE_train_00000002\.jpg.*ADE_train_00000002\.png"):

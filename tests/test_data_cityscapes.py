@@ -46,7 +46,11 @@ def write_cityscapes(root: Path, split: str, examples: dict[str, tuple[int, int]
     return written
 
 
-EXAMPLES = {"aachen/aachen_000000_000019": (6, 10), "aachen/aachen_000001_000019": (6, 10), "bonn/bonn_000000_000019": (8, 5)}
+EXAMPLES = {
+    "aachen/aachen_000000_000019": (6, 10),
+    "aachen/aachen_000001_000019": (6, 10),
+    "bonn/bonn_000000_000019": (8, 5),
+}
 
 
 def test_label_table_matches_cityscapesscripts_definition():
@@ -127,7 +131,9 @@ def test_size_mismatch_names_both_files(tmp_path):
     write_cityscapes(tmp_path, "train", EXAMPLES)
     label = tmp_path / "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png"
     PIL.Image.fromarray(np.zeros((6, 11), np.uint8)).save(label)
-    with pytest.raises(ValueError, match=r"Size mismatch.*aachen_000000_000019_leftImg8bit\.png.*6x10.*labelIds\.png.*6x11"):
+    with pytest.raises(
+        ValueError, match=r"Size mismatch.*aachen_000000_000019_leftImg8bit\.png.*6x10.*labelIds\.png.*6x11"
+    ):
         load_cityscapes(tmp_path, splits=["train"], progress=False)
 
 

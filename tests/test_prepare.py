@@ -108,7 +108,10 @@ def test_ade20k_zip_round_trip_with_two_processes(tmp_path):
 
 def test_cli_prints_the_summary_and_reports_errors(tmp_path, capsys):
     write_cityscapes(tmp_path / "src", "train", 2)
-    assert main(["cityscapes", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--splits", "train", "--no-progress"]) == 0
+    assert (
+        main(["cityscapes", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--splits", "train", "--no-progress"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "train" in printed and "Class histogram" in printed and "road" in printed
     # A second run refuses to overwrite without --overwrite.

@@ -69,7 +69,9 @@ def test_second_call_reuses_and_other_parameters_need_overwrite(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["--output", str(tmp_path), "--num-train", "1", "--num-val", "1", "--height", "32", "--width", "48"]) == 0
+    assert (
+        main(["--output", str(tmp_path), "--num-train", "1", "--num-val", "1", "--height", "32", "--width", "48"]) == 0
+    )
     assert "1 train, 1 val, 32x48" in capsys.readouterr().out
     assert len(list(tmp_path.rglob("*_gtFine_labelIds.png"))) == 2
     other = tmp_path / "other"

@@ -33,8 +33,15 @@ PROCESSOR = SemanticFPNImageProcessor(scale=(60, 40))
 
 
 def test_hsv_follows_opencv_8bit_convention():
-    for rgb, hsv in {(255, 0, 0): (0, 255, 255), (0, 255, 0): (60, 255, 255), (0, 0, 255): (120, 255, 255),
-                     (255, 255, 0): (30, 255, 255), (128, 128, 128): (0, 0, 128), (0, 0, 0): (0, 0, 0)}.items():  # fmt: skip
+    known = {
+        (255, 0, 0): (0, 255, 255),
+        (0, 255, 0): (60, 255, 255),
+        (0, 0, 255): (120, 255, 255),
+        (255, 255, 0): (30, 255, 255),
+        (128, 128, 128): (0, 0, 128),
+        (0, 0, 0): (0, 0, 0),
+    }
+    for rgb, hsv in known.items():
         pixel = torch.tensor(rgb, dtype=torch.uint8).view(3, 1, 1)
         assert rgb_to_hsv_uint8(pixel).flatten().tolist() == list(hsv)
         assert hsv_to_rgb_uint8(rgb_to_hsv_uint8(pixel)).flatten().tolist() == list(rgb)
@@ -173,7 +180,8 @@ def test_argument_and_column_errors():
 def test_dataloader_workers_get_distinct_reproducible_streams():
     batch = make_batch(count=1)
     dataset = Dataset.from_dict(
-        {"image": batch["image"] * 4, "label": batch["label"] * 4}, features=Features({"image": Image(), "label": Image()})
+        {"image": batch["image"] * 4, "label": batch["label"] * 4},
+        features=Features({"image": Image(), "label": Image()}),
     ).with_transform(TrainTransform(PROCESSOR, (32, 48), seed=0))
 
     def run() -> list[torch.Tensor]:

@@ -14,7 +14,13 @@ processor whose policy differs, so a policy is never applied twice or forgotten 
 """
 
 from .ade20k import ADE20K_RAW_POLICY, load_ade20k
-from .cityscapes import CITYSCAPES_LABELS, CITYSCAPES_TRAIN_ID_POLICY, CityscapesLabel, cityscapes_label_map, load_cityscapes
+from .cityscapes import (
+    CITYSCAPES_LABELS,
+    CITYSCAPES_TRAIN_ID_POLICY,
+    CityscapesLabel,
+    cityscapes_label_map,
+    load_cityscapes,
+)
 from .folders import LabelPolicy, check_label_policy, label_policy_of, load_image_label_dataset
 from .transforms import EvalTransform, TrainTransform, collate_same_size
 

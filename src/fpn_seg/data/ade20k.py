@@ -69,7 +69,9 @@ def ade20k_pairs(source: DataSource, split: str) -> tuple[list[ImageLabelPair], 
         images,
         labels,
         what=what,
-        expected_label=lambda image: image.replace(f"images/{folder}/", f"annotations/{folder}/")[: -len(".jpg")] + ".png",
+        expected_label=lambda image: (
+            image.replace(f"images/{folder}/", f"annotations/{folder}/")[: -len(".jpg")] + ".png"
+        ),
     )
     return pairs, RAW_ANNOTATION_CONVERSION
 
@@ -98,7 +100,9 @@ def load_ade20k(
     for split in splits:
         pairs, conversion = ade20k_pairs(source, split)
         key = SPLIT_KEYS[_split_folder(split)]
-        splits_out[key] = build_split(source, pairs, conversion, num_proc=num_proc, desc=f"ADE20K {key}", progress=progress)
+        splits_out[key] = build_split(
+            source, pairs, conversion, num_proc=num_proc, desc=f"ADE20K {key}", progress=progress
+        )
     return DatasetDict(splits_out)
 
 

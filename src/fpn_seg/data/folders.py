@@ -86,10 +86,13 @@ class LabelPolicy:
         ignore_index = getattr(holder, "ignore_index", 255)
         problems = []
         if bool(reduce_labels) != self.reduce_labels:
-            problems.append(f"reduce_labels: the labels need {self.reduce_labels}, the {_kind(holder)} has {reduce_labels}")
+            problems.append(
+                f"reduce_labels: the labels need {self.reduce_labels}, the {_kind(holder)} has {reduce_labels}"
+            )
         if label_map != (self.label_map or None):
             problems.append(
-                f"label_map: the labels need {_short_map(self.label_map)}, the {_kind(holder)} has {_short_map(label_map)}"
+                f"label_map: the labels need {_short_map(self.label_map)}, "
+                f"the {_kind(holder)} has {_short_map(label_map)}"
             )
         if ignore_index != self.ignore_index:
             problems.append(
@@ -273,7 +276,11 @@ def pair_files(
     """
     if not images:
         raise ValueError(f"{what}: no image files found.")
-    unlabeled = [source.describe(images[key]) + f" (expected {expected_label(images[key])})" for key in images if key not in labels]
+    unlabeled = [
+        source.describe(images[key]) + f" (expected {expected_label(images[key])})"
+        for key in images
+        if key not in labels
+    ]
     if unlabeled:
         raise ValueError(f"{what}: {len(unlabeled)} image(s) without a label file: {format_file_list(unlabeled)}.")
     orphans = [source.describe(labels[key]) for key in labels if key not in images]
@@ -293,7 +300,8 @@ def index_files(source: DataSource, pattern: re.Pattern, key: Callable[[re.Match
             continue
         if file_key in found:
             raise ValueError(
-                f"{what}: two files for one example: {source.describe(found[file_key])} and {source.describe(relative)}."
+                f"{what}: two files for one example: {source.describe(found[file_key])} and "
+                f"{source.describe(relative)}."
             )
         found[file_key] = relative
     return found
@@ -342,7 +350,9 @@ def _open_image(data: bytes | str, name: str, decode: bool) -> PIL.Image.Image:
     return image
 
 
-def read_label(data: bytes, name: str, conversion: LabelConversion, decode: bool) -> tuple[bytes, tuple[int, int], np.ndarray | None]:
+def read_label(
+    data: bytes, name: str, conversion: LabelConversion, decode: bool
+) -> tuple[bytes, tuple[int, int], np.ndarray | None]:
     """(marked stored PNG bytes, (height, width), histogram over 0..255 of the stored values or `None`)."""
     image = _open_image(data, name, decode=decode or conversion.lookup is not None)
     size = (image.height, image.width)
@@ -476,7 +486,9 @@ def _load_path(path: Path) -> Dataset | DatasetDict:
     return load_dataset(str(path))
 
 
-def _select_columns(dataset: Dataset, image_column: str, label_column: str, keep_other_columns: bool, split: str) -> Dataset:
+def _select_columns(
+    dataset: Dataset, image_column: str, label_column: str, keep_other_columns: bool, split: str
+) -> Dataset:
     missing = [column for column in (image_column, label_column) if column not in dataset.column_names]
     if missing:
         raise ValueError(

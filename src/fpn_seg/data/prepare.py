@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 from datasets import DatasetDict, load_dataset
 
 from ..label_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES
-from .ade20k import SPLIT_KEYS as ADE20K_SPLIT_KEYS
 from .ade20k import SPLIT_FOLDERS as ADE20K_SPLIT_FOLDERS
+from .ade20k import SPLIT_KEYS as ADE20K_SPLIT_KEYS
 from .ade20k import ade20k_pairs
 from .cityscapes import SPLIT_FOLDERS as CITYSCAPES_SPLIT_FOLDERS
 from .cityscapes import SPLIT_KEYS as CITYSCAPES_SPLIT_KEYS
@@ -134,7 +134,14 @@ def _write_split(
     num_shards = max(1, -(-len(pairs) // rows_per_shard))
     schema = LABEL_FEATURES.arrow_schema
     records = iter_pair_records(
-        source, pairs, conversion, decode=True, embed_image=True, num_proc=num_proc, desc=summary.name, progress=progress
+        source,
+        pairs,
+        conversion,
+        decode=True,
+        embed_image=True,
+        num_proc=num_proc,
+        desc=summary.name,
+        progress=progress,
     )
     for shard in range(num_shards):
         name = f"{summary.name}-{shard:05d}-of-{num_shards:05d}.parquet"
@@ -170,7 +177,9 @@ def _prepare(
 ) -> PrepareSummary:
     output_dir = Path(output_dir)
     if (output_dir / "data").exists() and not overwrite:
-        raise FileExistsError(f"prepare: {output_dir / 'data'} exists; pass overwrite=True (--overwrite) to replace it.")
+        raise FileExistsError(
+            f"prepare: {output_dir / 'data'} exists; pass overwrite=True (--overwrite) to replace it."
+        )
     source = DataSource(sources)
     planned = [(key, *pairs_of_split(source, split)) for split, key in splits]  # every split's pairs checked first
     temporary = output_dir / ".prepare-tmp"
@@ -197,7 +206,9 @@ def _prepare(
     shutil.rmtree(output_dir / "data", ignore_errors=True)
     (temporary / "data").rename(output_dir / "data")
     temporary.rmdir()
-    summary = PrepareSummary(dataset, output_dir, planned[0][2].policy.description, summaries, STORED_VALUE_NAMES[dataset])
+    summary = PrepareSummary(
+        dataset, output_dir, planned[0][2].policy.description, summaries, STORED_VALUE_NAMES[dataset]
+    )
     (output_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     return summary
 
@@ -217,7 +228,9 @@ def prepare_cityscapes(
     """Cityscapes folder or zips -> `output_dir/data/*.parquet` (labels as train ids). See the module docstring."""
     for split in splits:
         if split not in CITYSCAPES_SPLIT_FOLDERS:
-            raise ValueError(f"prepare: unknown Cityscapes split {split!r}; expected {sorted(CITYSCAPES_SPLIT_FOLDERS)}.")
+            raise ValueError(
+                f"prepare: unknown Cityscapes split {split!r}; expected {sorted(CITYSCAPES_SPLIT_FOLDERS)}."
+            )
     keys = [(split, CITYSCAPES_SPLIT_KEYS[CITYSCAPES_SPLIT_FOLDERS[split]]) for split in splits]
     return _prepare(
         "cityscapes",

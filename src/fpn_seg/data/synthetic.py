@@ -40,7 +40,15 @@ SPLIT_CITIES = {"train": ("ashford", "brightwater"), "val": ("cedarport",)}
 MANIFEST_NAME = "synthetic_street_scenes.json"
 
 _BUILDING_COLOURS = np.array(
-    [[168, 150, 128], [140, 132, 126], [150, 92, 70], [186, 172, 146], [112, 110, 118], [160, 128, 96], [196, 188, 170]],
+    [
+        [168, 150, 128],
+        [140, 132, 126],
+        [150, 92, 70],
+        [186, 172, 146],
+        [112, 110, 118],
+        [160, 128, 96],
+        [196, 188, 170],
+    ],
     dtype=np.float32,
 )
 _CAR_COLOURS = np.array(
@@ -140,7 +148,7 @@ def _ground(canvas: _Canvas, camera: _Camera, street: dict) -> None:
         curb = np.abs(lateral - near) < 0.15
         canvas.paint(inside, np.where(curb[..., None], pavement + 25, pavement), SIDEWALK, window)
 
-    grass = np.array([140, 172, 78]) + rng.uniform(-15, 15, 3) + (10 * canvas.noise(6, yy.shape) + 4 * fine)[..., None]
+    grass = np.array([165, 190, 95]) + rng.uniform(-12, 12, 3) + (7 * canvas.noise(10, yy.shape) + 3 * fine)[..., None]
     for near, far in street["grass"]:
         canvas.paint(below & (lateral >= min(near, far)) & (lateral <= max(near, far)), grass, TERRAIN, window)
 
@@ -215,7 +223,7 @@ def _tree(canvas: _Canvas, camera: _Camera, lateral: float, depth: float) -> Non
 def _pole(canvas: _Canvas, camera: _Camera, lateral: float, depth: float) -> None:
     rng = canvas.rng
     scale = camera.focal / depth
-    half = max(0.08 * scale, 0.75)
+    half = max(0.1 * scale, 1.0)
     x = camera.x(lateral, depth)
     window, yy, xx = canvas.box(x - half, x + half, camera.y(rng.uniform(4, 6), depth), camera.y(0, depth))
     if yy.size:
@@ -255,13 +263,13 @@ def _person(canvas: _Canvas, camera: _Camera, lateral: float, depth: float) -> N
     scale = camera.focal / depth
     tall = rng.uniform(1.0, 1.25)
     x, ground = camera.x(lateral, depth), camera.y(0, depth)
-    window, yy, xx = canvas.box(x - 0.22 * scale, x + 0.22 * scale, camera.y(tall, depth), ground)
+    window, yy, xx = canvas.box(x - 0.25 * scale, x + 0.25 * scale, camera.y(tall, depth), ground)
     if not yy.size:
         return
     u, v = (xx - x) / scale, (ground - yy) / scale
     head = (u / 0.8) ** 2 + (v - tall + 0.1) ** 2 < 0.1**2
-    torso = (np.abs(u) < 0.18) & (v > 0.5 * tall) & (v < tall - 0.18)
-    legs = (np.abs(np.abs(u) - 0.07) < 0.055) & (v <= 0.5 * tall)
+    torso = (np.abs(u) < 0.21) & (v > 0.5 * tall) & (v < tall - 0.18)
+    legs = (np.abs(np.abs(u) - 0.08) < 0.065) & (v <= 0.5 * tall)
     rgb = np.zeros(u.shape + (3,), np.float32)
     rgb[head] = np.array([225, 180, 150]) + rng.uniform(-50, 10)
     rgb[torso] = _SHIRT_COLOURS[rng.integers(len(_SHIRT_COLOURS))]
@@ -298,7 +306,7 @@ def render_street_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 
     offset = rng.uniform(-0.6, 0.6)
     left, right = -road_half + offset, road_half + offset
     widths = rng.uniform(1.0, 2.4, 2)
-    grass = rng.uniform(0.3, 2.0, 2) * (rng.uniform(size=2) < 0.4)
+    grass = rng.uniform(0.5, 2.5, 2) * (rng.uniform(size=2) < 0.6)
     park = rng.uniform(size=2) < 0.15  # trees behind a lawn instead of buildings
     sidewalks, lawns, facade_lateral, pavements = [], [], [], []
     for side, kerb, width, lawn, is_park in zip((-1, 1), (left, right), widths, grass, park):
@@ -338,12 +346,12 @@ def render_street_scene(rng: np.random.Generator, size: tuple[int, int] = (128, 
             objects.append((rng.uniform(2.5, 50), _pole, kerb + side * 0.3))
         for _ in range(rng.integers(0, 4)):
             lateral = rng.uniform(min(kerb, outer) + 0.3, max(kerb, outer) - 0.3)
-            objects.append((rng.uniform(2.5, 22), _person, lateral))
+            objects.append((rng.uniform(2.5, 16), _person, lateral))
         for _ in range(rng.integers(0, 2)):
             objects.append((rng.uniform(3, 25), _static_box, outer - side * 0.5))
     lanes = [left + 1.0, right - 1.0, (left + right) / 2 - 0.9, (left + right) / 2 + 0.9]
-    for _ in range(rng.integers(1, 6)):
-        objects.append((3.0 + 40 * rng.uniform() ** 2, _car, lanes[rng.integers(len(lanes))] + rng.uniform(-0.2, 0.2)))
+    for _ in range(rng.integers(2, 7)):
+        objects.append((3.0 + 30 * rng.uniform() ** 2, _car, lanes[rng.integers(len(lanes))] + rng.uniform(-0.2, 0.2)))
     for depth, draw, lateral in sorted(objects, key=lambda item: -item[0]):  # far to near: near ones occlude
         draw(canvas, camera, lateral, depth)
     if rng.uniform() < 0.4:
@@ -383,7 +391,7 @@ def generate_street_scenes(
     height, width = (int(side) for side in size)
     if min(height, width) < 16 or num_train < 0 or num_val < 0:
         raise ValueError(f"generate_street_scenes: size must be at least 16x16 and counts >= 0, got {size}.")
-    params = {"num_train": num_train, "num_val": num_val, "size": [height, width], "seed": seed, "version": 1}
+    params = {"num_train": num_train, "num_val": num_val, "size": [height, width], "seed": seed, "version": 2}
     manifest = root / MANIFEST_NAME
     if manifest.exists():
         if json.loads(manifest.read_text()) == params:
@@ -397,7 +405,9 @@ def generate_street_scenes(
             shutil.rmtree(root / folder, ignore_errors=True)
         manifest.unlink()
     elif (root / "leftImg8bit").exists() or (root / "gtFine").exists():
-        raise FileExistsError(f"{root} already holds leftImg8bit/ or gtFine/ not made by this generator; use another folder.")
+        raise FileExistsError(
+            f"{root} already holds leftImg8bit/ or gtFine/ not made by this generator; use another folder."
+        )
 
     jobs = [("train", i) for i in range(num_train)] + [("val", i) for i in range(num_val)]
     for split, index in tqdm(jobs, desc="synthetic scenes", disable=not progress):
@@ -433,7 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError) as error:
         print(f"synthetic: error: {error}", file=sys.stderr)
         return 1
-    print(f"Synthetic street scenes ({args.num_train} train, {args.num_val} val, {args.height}x{args.width}) in {root}")
+    print(
+        f"Synthetic street scenes ({args.num_train} train, {args.num_val} val, {args.height}x{args.width}) in {root}"
+    )
     return 0
 
 
