@@ -15,6 +15,7 @@ from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcesso
 from fpn_seg.cli import COMMANDS
 from fpn_seg.cli import main as cli_main
 from fpn_seg.inference import MMSEG_MS_RATIOS, segment
+from fpn_seg.predict import PredictError, check_predicted_labels, prepare_model
 
 NUM_LABELS = 4
 SCALE = (64, 32)  # a tiny test scale: images of a few dozen pixels stay small
@@ -44,7 +45,8 @@ def model_dir(tmp_path_factory) -> Path:
 def loaded(model_dir):
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    return AutoModelForSemanticSegmentation.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir)
+    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir)
+    return prepare_model(model), AutoImageProcessor.from_pretrained(model_dir)  # the model as the CLI runs it
 
 
 def _scene(height: int, width: int, seed: int) -> np.ndarray:
@@ -163,6 +165,18 @@ def test_tta_is_mmseg_multiscale_flip(tmp_path, capsys, model_dir, loaded, image
     _check_outputs(images["gray"], out / "gray_label.png", out / "gray_overlay.png", expected)
 
 
+def test_no_optimize_runs_the_plain_model(tmp_path, capsys, model_dir, images):
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
+    assert not model.is_batch_norm_folded and prepare_model(model).is_batch_norm_folded
+    out = tmp_path / "out"
+    status, _, stderr = _predict(capsys, model_dir, images["rgb"], "--output-dir", out, "--no-optimize", "--no-overlay")
+    assert status == 0, stderr
+    (expected,) = segment(model, AutoImageProcessor.from_pretrained(model_dir), [images["rgb"]])
+    _check_outputs(images["rgb"], out / "street_label.png", None, expected)
+
+
 def test_exif_rotated_jpeg_gives_upright_outputs(tmp_path, capsys, model_dir, loaded):
     path = tmp_path / "phone.jpg"
     exif = Image.Exif()
@@ -184,6 +198,24 @@ def test_same_stems_in_one_folder_get_their_extension(tmp_path, capsys, model_di
     status, _, stderr = _predict(capsys, model_dir, folder, "--output-dir", tmp_path / "out", "--no-overlay")
     assert status == 0, stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_jpg_label.png", "a_png_label.png"]
+
+
+def test_outputs_inside_an_input_folder_are_not_taken_as_inputs(tmp_path, capsys, model_dir, images):
+    folder = images["rgb"].parent
+    out = folder / "predictions"
+    for options in ([], ["--overwrite"]):
+        status, stdout, stderr = _predict(capsys, model_dir, folder, f"{folder}/**/*.png", "-o", out, *options)
+        assert status == 0, stderr
+        assert "Segmented 6 image(s)" in stdout
+    assert sorted(path.name for path in out.glob("*_label.png")) == [
+        "cmyk_label.png", "gray16_label.png", "palette_label.png", "street_label.png"
+    ]  # fmt: skip
+
+
+def test_predicted_ids_outside_the_config_are_refused():
+    check_predicted_labels(torch.tensor([[0, 3]]), 4, Path("a.png"))
+    with pytest.raises(PredictError, match="predicted class id 4 for a.png, but its config names 4 classes"):
+        check_predicted_labels(torch.tensor([[0, 4]]), 4, Path("a.png"))
 
 
 def test_existing_outputs_are_not_overwritten_without_the_flag(tmp_path, capsys, model_dir, images):
@@ -309,7 +341,7 @@ def test_unknown_device_is_a_clear_error(tmp_path, capsys, model_dir, images):
     status, _, stderr = _predict(capsys, model_dir, images["rgb"], "--output-dir", tmp_path / "o", "--device", "gpu0")
     assert status == 2 and "--device 'gpu0'" in stderr
     if not torch.cuda.is_available():
-        status, _, stderr = _predict(capsys, model_dir, images["rgb"], "--output-dir", tmp_path / "o", "--device", "cuda")
+        status, _, stderr = _predict(capsys, model_dir, images["rgb"], "-o", tmp_path / "o", "--device", "cuda")
         assert status == 2 and "CUDA is not available" in stderr
 
 
@@ -326,12 +358,45 @@ def test_cli_help_and_unknown_command(capsys):
     assert "--output-dir" in capsys.readouterr().out
 
 
+def _model_with_marked_code(model_dir: Path, folder: Path) -> tuple[Path, Path]:
+    """A copy of the model folder under a model type transformers does not know, so that only the code it ships can
+    load it; that code writes a marker file when it is executed."""
+    import json
+
+    _copy(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "marked_semantic_fpn"}))
+    marker = folder.parent / f"{folder.name}_code_was_executed"
+    code = folder / "modeling_semantic_fpn.py"
+    code.write_text(f"open({str(marker)!r}, 'w').close()\n" + code.read_text())
+    return folder, marker
+
+
+def test_code_shipped_with_a_model_folder_runs_only_with_the_flag(tmp_path, capsys, model_dir, images):
+    folder, marker = _model_with_marked_code(model_dir, tmp_path / "model")
+    status, _, stderr = _predict(capsys, folder, images["rgb"], "--output-dir", tmp_path / "out")
+    assert status == 2
+    assert str(folder) in stderr and "--trust-remote-code" in stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    # With the flag: see test_console_command_in_a_subprocess (the code is imported from a modules cache in tmp_path).
+
+
+def test_huge_image_is_refused_with_the_limit_named(tmp_path, capsys, model_dir):
+    Image.new("1", (8001, 8001)).save(tmp_path / "huge.png")  # 1-bit: 8 MB in memory, a few kB on disk
+    status, stdout, _ = _predict(capsys, model_dir, tmp_path / "huge.png", "--output-dir", tmp_path / "out")
+    assert status == 1
+    assert "huge.png: 8001x8001 = 64.0 megapixels, above the limit --max-pixels 50000000" in stdout
+
+
 def test_console_command_in_a_subprocess(tmp_path, model_dir, images):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    """The real command line, on a folder whose own code must run: allowed by --trust-remote-code."""
+    folder, marker = _model_with_marked_code(model_dir, tmp_path / "model")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "fpn_seg.cli", "predict", str(model_dir), str(images["rgba"]), "-o", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    command = [sys.executable, "-m", "fpn_seg.cli", "predict", str(folder), str(images["rgba"]), "-o", str(out)]
+    result = subprocess.run([*command, "--trust-remote-code"], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert marker.exists()
     assert "Segmented 1 image(s)" in result.stdout
     assert np.asarray(Image.open(out / "rgba_label.png")).shape == (28, 36)
     assert (out / "rgba_overlay.png").is_file()

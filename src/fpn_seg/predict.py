@@ -6,7 +6,9 @@
 MODEL is a model folder (`config.json`, `model.safetensors`, `preprocessor_config.json`, as `save_pretrained` writes
 them) or a hub id. A folder without `preprocessor_config.json` is used with the processor built from the model's
 config (`SemanticFPNImageProcessor.from_model_config`: default test scale (2048, 1024) and the config's label policy);
-a note says so. Model code shipped with a folder is only executed with `--trust-remote-code`.
+a note says so. Model code shipped with a folder is only executed with `--trust-remote-code`. The model runs as
+`fpn_seg.optimization.optimize_for_inference(model)` makes it (exact float32: BatchNorm folded into the convs,
+channels_last, oneDNN convs; the same logits up to float rounding) unless `--no-optimize` is given.
 
 INPUTS are image files (taken as given), folders (searched recursively for image extensions) and glob patterns
 (`**` allowed; matching files with image extensions). Outputs per image, under `--output-dir`:
@@ -40,7 +42,10 @@ from .inference import MMSEG_MS_RATIOS, segment
 from .visualize import overlay, save_label_png
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)  # fmt: skip
+_EXTENSIONS_TEXT = ", ".join(IMAGE_EXTENSIONS)
 PROCESSOR_FILE = "preprocessor_config.json"
 DEFAULT_MAX_PIXELS = 50_000_000
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -86,35 +91,42 @@ def _glob_base(pattern: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _expand_input(text: str) -> list[PredictInput]:
-    """One INPUT argument -> the images it names (a file, a folder searched recursively, or a glob pattern)."""
+def _expand_input(text: str, skip_folder: Path | None = None) -> list[PredictInput]:
+    """One INPUT argument -> the images it names (a file, a folder searched recursively, or a glob pattern); files
+    found in a folder or by a pattern are left out when they lie inside `skip_folder` (the output folder)."""
     path = Path(text).expanduser()
     if path.is_file():
         return [PredictInput(path, Path(path.stem))]
     if path.is_dir():
-        files = sorted(file for file in path.rglob("*") if _is_image_file(file))
+        files = [file for file in sorted(path.rglob("*")) if _is_image_file(file) and not _inside(file, skip_folder)]
         if not files:
-            raise PredictError(f"INPUT folder {text!r} holds no image files (extensions {', '.join(IMAGE_EXTENSIONS)}).")
+            raise PredictError(f"INPUT folder {text!r} holds no image files (extensions {_EXTENSIONS_TEXT}).")
         return [PredictInput(file, file.relative_to(path).with_suffix("")) for file in files]
     if glob.has_magic(text):
         base = _glob_base(os.path.expanduser(text))
         files = sorted(Path(match) for match in glob.glob(os.path.expanduser(text), recursive=True))
-        files = [file for file in files if _is_image_file(file)]
+        files = [file for file in files if _is_image_file(file) and not _inside(file, skip_folder)]
         if not files:
-            raise PredictError(f"INPUT pattern {text!r} matched no image files (extensions {', '.join(IMAGE_EXTENSIONS)}).")
+            raise PredictError(f"INPUT pattern {text!r} matched no image files (extensions {_EXTENSIONS_TEXT}).")
         return [PredictInput(file, file.relative_to(base).with_suffix("")) for file in files]
     raise PredictError(f"INPUT {text!r}: no such file or folder (and not a glob pattern).")
 
 
-def collect_inputs(inputs: Sequence[str]) -> list[PredictInput]:
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder.resolve())
+
+
+def collect_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list[PredictInput]:
     """Expand the INPUT arguments into images with distinct output stems, in the order given.
 
+    Folders and patterns do not pick up files inside `output_dir` (earlier outputs, when it lies inside an input
+    folder); files named directly are always taken.
     The same file named twice is taken once. Files whose outputs would share a name (`a.png` and `a.jpg` in one
     folder) get their extension in the stem (`a_png`, `a_jpg`); a clash that remains raises a `PredictError`.
     """
     images, seen = [], set()
     for text in inputs:
-        for item in _expand_input(text):
+        for item in _expand_input(text, output_dir):
             if item.path.resolve() not in seen:
                 seen.add(item.path.resolve())
                 images.append(item)
@@ -163,7 +175,9 @@ def read_image(path: Path, max_pixels: int) -> torch.Tensor:
 def _check_model_folder(folder: Path) -> bool:
     """Raise a `PredictError` naming what a model folder lacks; returns whether it has a processor config."""
     if not folder.is_dir():
-        raise PredictError(f"MODEL {str(folder)!r} is a file; expected a model folder (config.json + weights) or a hub id.")
+        raise PredictError(
+            f"MODEL {str(folder)!r} is a file; expected a model folder (config.json + weights) or a hub id."
+        )
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")
@@ -227,12 +241,25 @@ def resolve_device(name: str | None) -> torch.device:
     except RuntimeError as error:
         raise PredictError(f"--device {name!r} is not a device torch knows (e.g. cpu, cuda, cuda:1, mps).") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu.")
+        raise PredictError(
+            f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu."
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise PredictError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise PredictError(f"--device {name}: MPS is not available here; use --device cpu.")
     return device
+
+
+def prepare_model(model: torch.nn.Module, optimize: bool = True) -> torch.nn.Module:
+    """The model to run: by default `optimize_for_inference(model)`, the exact float32 path (BatchNorm folded into
+    the convs, channels_last, oneDNN convs; logits equal up to float rounding), for models that can fold their
+    BatchNorms; else (or with `optimize=False`) the plain eval-mode model."""
+    if optimize and hasattr(model, "fold_batch_norm"):
+        from .optimization import optimize_for_inference
+
+        return optimize_for_inference(model)
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -256,8 +283,8 @@ def check_predicted_labels(label_map: torch.Tensor, num_labels: int, path: Path)
     disagree and the label PNGs would be silently wrong."""
     if label_map.numel() and int(label_map.max()) >= num_labels:
         raise PredictError(
-            f"The model predicted class id {int(label_map.max())} for {path}, but its config names {num_labels} classes "
-            "(id2label): its classifier and config disagree. Re-save the model with a matching config."
+            f"The model predicted class id {int(label_map.max())} for {path}, but its config names {num_labels} "
+            "classes (id2label): its classifier and config disagree. Re-save the model with a matching config."
         )
 
 
@@ -301,7 +328,7 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
     parser.add_argument("model", metavar="MODEL", help="a saved model folder or a hub id")
     parser.add_argument("inputs", metavar="INPUTS", nargs="+", help="image files, folders (recursive) or glob patterns")
     parser.add_argument("--output-dir", "-o", required=True, type=Path, help="where the PNGs go (created if missing)")
-    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="mmseg's inference mode (default whole)")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="mmseg's inference mode")
     parser.add_argument("--crop-size", nargs=2, type=int, metavar=("H", "W"), help="slide window (required with slide)")
     parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), help="slide step (default 2/3 of the crop)")
     parser.add_argument("--tta", action="store_true", help=f"multi-scale {MMSEG_MS_RATIOS} + flip, as mmseg's ms+flip")
@@ -311,9 +338,15 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours in the overlay (0..1)")
     parser.add_argument("--no-overlay", action="store_true", help="write only the label PNGs")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="run the plain eager model (default: BatchNorm folded into the convs, channels_last, oneDNN convs: the "
+        "same logits up to float rounding, faster)",
+    )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow running model code shipped with MODEL")
     parser.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help=f"refuse larger images (default {DEFAULT_MAX_PIXELS})"
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default %(default)s)"
     )
     return parser
 
@@ -372,15 +405,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the command on parsed, checked arguments; returns the exit status (0, or 1 when some images failed)."""
     from tqdm.auto import tqdm
 
-    inputs = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs, args.output_dir)
     with_overlay = not args.no_overlay
     if not args.overwrite:
-        _check_outputs_free([path for item in inputs for path in item.outputs(args.output_dir, with_overlay)], args.output_dir)
+        outputs = [path for item in inputs for path in item.outputs(args.output_dir, with_overlay)]
+        _check_outputs_free(outputs, args.output_dir)
     device = resolve_device(args.device)
     model, processor = load_model(args.model, args.trust_remote_code)
-    model = model.to(device)
-    # TODO(speed helper): apply the exact-fp32 default optimisation here once fpn_seg.optimization provides it.
     config = model.config
+    model = prepare_model(model.to(device), optimize=not args.no_optimize)
     num_labels = config.num_labels
     ignore_index = getattr(config, "ignore_index", 255)
 
@@ -395,9 +428,8 @@ def run(args: argparse.Namespace) -> int:
                 label_path, *overlay_path = item.outputs(args.output_dir, with_overlay)
                 _write_atomically(label_path, lambda path: save_label_png(label_map, path))
                 if overlay_path:
-                    picture = overlay(
-                        Image.fromarray(image.permute(1, 2, 0).numpy()), label_map, config.id2label, args.alpha, ignore_index
-                    )
+                    rgb = Image.fromarray(image.permute(1, 2, 0).numpy())  # upright, as segmented
+                    picture = overlay(rgb, label_map, config.id2label, args.alpha, ignore_index)
                     _write_atomically(overlay_path[0], picture.save)
                 pixel_counts += np.bincount(label_map.flatten().numpy(), minlength=num_labels)[:num_labels]
                 processed += 1
@@ -435,6 +467,7 @@ __all__ = [
     "collect_inputs",
     "load_model",
     "main",
+    "prepare_model",
     "read_image",
     "resolve_device",
     "run",
