@@ -18,5 +18,9 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Synthetic street scenes -> Trainer fine-tuning -> AutoModel + pipeline -> overlays; reuses what exists.
+demo: $(STAMP)
+	$(PY) -m fpn_seg.demo --output-dir demo_output
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -3,7 +3,10 @@
 Importing the package registers the config, backbone, model and image processor with the transformers Auto classes.
 """
 
+import logging
+
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers.utils import logging as transformers_logging
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the real class, even without torchvision
 
 from .configuration_resnet_v1c import ResNetV1cConfig
@@ -14,6 +17,17 @@ from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_t
 from .inference import multiscale_flip_inference, segment, slide_inference, whole_inference
 
 __version__ = "0.1.0"
+
+
+class _RegisteredSegmenterFilter(logging.Filter):
+    """`pipeline("image-segmentation")` checks the model class against transformers' built-in name tables only and
+    logs an error for registered models such as ours, although it runs them correctly; drop that one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'SemanticFPNForSemanticSegmentation' is not supported for image-segmentation" not in record.getMessage()
+
+
+transformers_logging.get_logger("transformers.pipelines.base").addFilter(_RegisteredSegmenterFilter())
 
 AutoConfig.register(ResNetV1cConfig.model_type, ResNetV1cConfig, exist_ok=True)
 AutoConfig.register(SemanticFPNConfig.model_type, SemanticFPNConfig, exist_ok=True)

@@ -1,0 +1,24 @@
+"""`make demo` end to end on a tiny setting: dataset, Trainer run, reload, pipeline overlays, reuse on a second run."""
+
+import json
+
+from fpn_seg.demo import main as demo_main
+
+
+def test_demo_runs_and_reuses_its_outputs(tmp_path, capsys):
+    arguments = ["--output-dir", str(tmp_path), "--num-train", "8", "--num-val", "3", "--image-size", "32", "64"]
+    assert demo_main([*arguments, "--max-steps", "2"]) == 0
+    first = capsys.readouterr().out
+    assert "Fine-tuning" in first and "held-out mIoU" in first
+    model_dir = tmp_path / "model"
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "training_curves.png"):
+        assert (model_dir / name).is_file(), name
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [f"held_out_0{i}.png" for i in range(3)]
+    held_out = json.loads((model_dir / "held_out_results.json").read_text())
+    assert held_out["num_images"] == 3 and 0.0 <= held_out["mean_iou"] <= 1.0
+    weights = (model_dir / "model.safetensors").read_bytes()
+
+    assert demo_main(arguments) == 0
+    second = capsys.readouterr().out
+    assert "Reusing the trained model" in second and "Fine-tuning" not in second
+    assert (model_dir / "model.safetensors").read_bytes() == weights
