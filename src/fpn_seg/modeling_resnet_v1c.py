@@ -60,6 +60,46 @@ class ResNetV1cBottleneck(nn.Module):
         return self.relu(hidden_states + shortcut)
 
 
+def fold_batch_norm_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv (with bias) that computes `norm(conv(x))` for an eval-mode `norm`, as one op.
+
+    `norm(y) = (y - mean) / sqrt(var + eps) * gamma + beta` is per output channel affine, so it folds into the conv's
+    weight `(C_out, C_in, kh, kw)` and bias `(C_out,)`; computed in float64, stored in the conv's dtype.
+    """
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError(f"Cannot fold {norm}: it has no running statistics (track_running_stats=False).")
+    if norm.num_features != conv.out_channels:
+        raise ValueError(f"Cannot fold {norm} into {conv}: {norm.num_features} features, {conv.out_channels} outputs.")
+    weight, dtype = conv.weight.detach().double(), conv.weight.dtype
+    scale = torch.rsqrt(norm.running_var.double() + norm.eps)  # (C_out,)
+    shift = -norm.running_mean.double() * scale
+    if norm.weight is not None:
+        scale, shift = scale * norm.weight.detach().double(), shift * norm.weight.detach().double()
+    if norm.bias is not None:
+        shift = shift + norm.bias.detach().double()
+    bias = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
+    folded = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=dtype,
+    )
+    with torch.no_grad():
+        folded.weight.copy_((weight * scale.view(-1, 1, 1, 1)).to(dtype))
+        folded.bias.copy_(bias.to(dtype))
+    # Keep the memory format of the original weight (e.g. channels_last).
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        folded.weight.data = folded.weight.data.contiguous(memory_format=torch.channels_last)
+    return folded
+
+
 def _make_stage(config: ResNetV1cConfig, stage: int, in_channels: int) -> nn.Sequential:
     block = ResNetV1cBasicBlock if config.block_type == "basic" else ResNetV1cBottleneck
     planes = config.base_channels * 2**stage
@@ -167,6 +207,23 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
                         module.eval()
         return self
 
+    def conv_norm_pairs(self) -> list[tuple[nn.Module, str, str]]:
+        """`(parent, conv name, norm name)` for every conv whose output goes only into the BatchNorm named next to it
+        (stem, every block, every projection shortcut): the pairs that [`fold_batch_norm_into_conv`] may merge."""
+        pairs = []
+        if self.config.deep_stem:
+            pairs += [(self.stem, str(index), str(index + 1)) for index in (0, 3, 6)]
+        else:
+            pairs.append((self, "conv1", "bn1"))
+        for stage in range(1, 5):
+            for block in getattr(self, f"layer{stage}"):
+                names = ("1", "2") if isinstance(block, ResNetV1cBasicBlock) else ("1", "2", "3")
+                pairs += [(block, f"conv{name}", f"bn{name}") for name in names]
+                if block.downsample is not None:
+                    conv_index = len(block.downsample) - 2  # after the optional AvgPool2d (V1d)
+                    pairs.append((block.downsample, str(conv_index), str(conv_index + 1)))
+        return pairs
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -200,4 +257,4 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)
 
 
-__all__ = ["ResNetV1cBackbone", "ResNetV1cPreTrainedModel"]
+__all__ = ["ResNetV1cBackbone", "ResNetV1cPreTrainedModel", "fold_batch_norm_into_conv"]

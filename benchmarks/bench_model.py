@@ -1,0 +1,431 @@
+"""Semantic FPN speed on CPU: forward latency of each optimisation, model FLOPs, matmul rate, one training step.
+
+    python benchmarks/bench_model.py                 # full run (~10 min on 2 cores): matmul, forward, train
+    python benchmarks/bench_model.py --quick         # ~2 min: R-50 512x512 only, fewer repeats
+    python benchmarks/bench_model.py forward --depths 50 --sizes 512x1024 --batches 1 --threads 1 --compile
+    python benchmarks/bench_model.py all --output results.json
+
+Every timing is the median of `--repeats` calls after one warm-up call; the variants of one configuration run
+round-robin (one call each per round), so that a load change on a shared machine hits them all alike. Ratios are
+against the eager float32 baseline of the same configuration and run. See benchmarks/README.md for the figures.
+"""
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+from fpn_seg.optimization import bf16_autocast, optimize_for_inference, prediction_agreement
+
+PRESET_OF_DEPTH = {50: "fpn_r50_512x1024_80k_cityscapes", 101: "fpn_r101_512x1024_80k_cityscapes"}
+TRAIN_PRESET_OF_DEPTH = {50: "fpn_r50_512x512_160k_ade20k", 101: "fpn_r101_512x512_160k_ade20k"}
+
+# name -> (optimize_for_inference kwargs, or None for the plain eager model; runs under bf16 autocast)
+VARIANTS: dict[str, tuple[dict | None, bool]] = {
+    "eager": (None, False),
+    "channels_last": (dict(fold_batch_norm=False, channels_last=True, onednn_convs=False), False),
+    "fold_bn": (dict(fold_batch_norm=True, channels_last=False, onednn_convs=False), False),
+    "onednn_convs": (dict(fold_batch_norm=False, channels_last=False, onednn_convs=True), False),
+    "cl+onednn": (dict(fold_batch_norm=False, channels_last=True, onednn_convs=True), False),
+    "fold+cl": (dict(fold_batch_norm=True, channels_last=True, onednn_convs=False), False),
+    "fold+cl+onednn": (dict(), False),  # optimize_for_inference's defaults: the best exact eager path
+    "compiled": (dict(compile=True), False),
+    "bf16": (None, True),
+    "bf16+fold+cl": (dict(), True),
+    "bf16+compiled": (dict(compile=True), True),
+}
+EXACT_VARIANTS = [name for name, (_, bf16) in VARIANTS.items() if not bf16 and "compiled" not in name]
+CORE_VARIANTS = ["eager", "fold+cl+onednn", "bf16+fold+cl"]
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x1024' -> (512, 1024) = (height, width)."""
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 512x1024); got {text!r}") from None
+    return height, width
+
+
+def cpu_description() -> dict:
+    """CPU model name and the matrix-related ISA flags of /proc/cpuinfo."""
+    name, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+    return {"model": name, "isa_flags": [flag for flag in wanted if flag in flags], "logical_cpus": torch.get_num_threads()}
+
+
+def randomised_model(depth: int, preset_of_depth: dict[int, str] = PRESET_OF_DEPTH) -> SemanticFPNForSemanticSegmentation:
+    """The full-size architecture with random weights and random BatchNorm statistics (so folding is not a no-op)."""
+    torch.manual_seed(0)
+    model = SemanticFPNForSemanticSegmentation(SemanticFPNConfig.from_preset(preset_of_depth[depth]))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def model_flops(model: torch.nn.Module, batch: int, height: int, width: int) -> int:
+    """Forward FLOPs (convs and matmuls; 2 per multiply-add) counted by torch's flop counter on the meta device."""
+    meta_model = copy.deepcopy(model).to("meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        meta_model(torch.empty(batch, 3, height, width, device="meta"))
+    return counter.get_total_flops()
+
+
+def timed(function: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of `function`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of a square `torch.mm` of `size` in `dtype`, from the median wall and median CPU time of `repeats`
+    calls after a warm-up (CPU time: per thread, so divided by the thread count)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    times = [timed(lambda: torch.mm(a, b)) for _ in range(repeats)]
+    flop = 2 * size**3
+    wall = statistics.median(t[0] for t in times)
+    cpu = statistics.median(t[1] for t in times) / torch.get_num_threads()
+    return {"wall": flop / wall / 1e9, "cpu": flop / cpu / 1e9}
+
+
+def matmul_rates(quick: bool) -> dict[str, dict[str, float]]:
+    repeats = 3 if quick else 5
+    return {"fp32": matmul_rate(torch.float32, repeats=repeats), "bf16": matmul_rate(torch.bfloat16, repeats=repeats)}
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [header] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    print("| " + " | ".join(cell.ljust(width) for cell, width in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for row in cells[1:]:
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |")
+    sys.stdout.flush()
+
+
+# ----------------------------------------------------------------------------------------------------- forward
+
+
+@dataclass
+class ForwardResult:
+    threads: int
+    depth: int
+    size: str
+    batch: int
+    variant: str
+    gflop: float
+    median_s: float  # wall clock
+    cpu_median_s: float  # process CPU time / threads: insensitive to being descheduled on a busy machine
+    images_per_s: float
+    speedup: float  # baseline median / this median (wall), same configuration and run
+    cpu_speedup: float  # the same from CPU times
+    gflop_per_s: float
+    matmul_fraction: float  # achieved GFLOP/s over the same-dtype matmul rate of this thread count (wall)
+    cpu_matmul_fraction: float  # the same from CPU times (both rates)
+    max_abs_diff: float  # |logits - baseline logits|, max
+    argmax_agreement: float
+    setup_s: float  # building the variant (and compiling, for compiled variants: first call included)
+    times_s: list[float] = field(default_factory=list)
+    cpu_times_s: list[float] = field(default_factory=list)
+
+
+def build_variant(model, name: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+    """(a `pixel_values -> logits` function, seconds spent building it) for variant `name` of `model`."""
+    kwargs, bf16 = VARIANTS[name]
+    start = time.perf_counter()
+    runner = model if kwargs is None else optimize_for_inference(model, **kwargs)
+
+    def run(pixel_values: torch.Tensor) -> torch.Tensor:
+        with bf16_autocast("cpu", enabled=bf16):
+            return runner(pixel_values=pixel_values).logits
+
+    return run, time.perf_counter() - start
+
+
+def bench_forward_config(model, variants, threads, depth, size, batch, repeats, rates) -> list[ForwardResult]:
+    """Time `variants` round-robin on one (model, input size, batch); warm-up = first call (compiles if needed)."""
+    height, width = size
+    pixel_values = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(1))
+    flops = model_flops(model, batch, height, width)
+    runs, setup, outputs = {}, {}, {}
+    with torch.inference_mode():
+        for name in variants:
+            runs[name], setup[name] = build_variant(model, name)
+            start = time.perf_counter()
+            outputs[name] = runs[name](pixel_values).float()  # warm-up
+            setup[name] += time.perf_counter() - start if "compiled" in name else 0.0
+        times = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name in variants:
+                times[name].append(timed(lambda: runs[name](pixel_values)))
+    wall = {name: [t[0] for t in times[name]] for name in variants}
+    cpu = {name: [t[1] / threads for t in times[name]] for name in variants}
+    baseline, cpu_baseline = statistics.median(wall[variants[0]]), statistics.median(cpu[variants[0]])
+    results = []
+    for name in variants:
+        median, cpu_median = statistics.median(wall[name]), statistics.median(cpu[name])
+        rate = rates["bf16" if VARIANTS[name][1] else "fp32"]
+        results.append(
+            ForwardResult(
+                threads=threads,
+                depth=depth,
+                size=f"{height}x{width}",
+                batch=batch,
+                variant=name,
+                gflop=flops / 1e9,
+                median_s=median,
+                cpu_median_s=cpu_median,
+                images_per_s=batch / median,
+                speedup=baseline / median,
+                cpu_speedup=cpu_baseline / cpu_median,
+                gflop_per_s=flops / median / 1e9,
+                matmul_fraction=flops / median / 1e9 / rate["wall"],
+                cpu_matmul_fraction=flops / cpu_median / 1e9 / rate["cpu"],
+                max_abs_diff=(outputs[name] - outputs[variants[0]]).abs().max().item(),
+                argmax_agreement=prediction_agreement(outputs[name], outputs[variants[0]]),
+                setup_s=setup[name],
+                times_s=wall[name],
+                cpu_times_s=cpu[name],
+            )
+        )
+    return results
+
+
+def bench_forward(args, threads: int, rates: dict[str, float]) -> list[ForwardResult]:
+    results = []
+    for depth_index, depth in enumerate(args.depths):
+        model = randomised_model(depth)
+        for size_index, size in enumerate(args.sizes):
+            for batch in args.batches:
+                primary = depth_index == 0 and size_index == 0 and batch == args.batches[0]
+                variants = list(args.variants if primary else args.core_variants)
+                if args.compile and primary:
+                    variants += [name for name in ("compiled", "bf16+compiled") if name not in variants]
+                repeats = args.repeats if batch == 1 else max(2, args.repeats - 1)
+                config_results = bench_forward_config(model, variants, threads, depth, size, batch, repeats, rates)
+                print_forward(config_results)
+                results += config_results
+        del model
+        torch._dynamo.reset()
+    return results
+
+
+def print_forward(results: list[ForwardResult]) -> None:
+    first = results[0]
+    title = (
+        f"R-{first.depth} {first.size} batch {first.batch}, {first.threads} thread(s), {first.gflop:.1f} GFLOP "
+        f"per forward ({first.gflop / first.batch:.1f} per image)"
+    )
+    header = ["variant", "median s", "CPU s", "img/s", "speedup", "CPU speedup", "GFLOP/s", "of matmul"]
+    header += ["CPU of matmul", "max|diff|", "argmax agree", "note"]
+    rows = [
+        [r.variant, f"{r.median_s:.3f}", f"{r.cpu_median_s:.3f}", f"{r.images_per_s:.2f}", f"{r.speedup:.2f}x"]
+        + [f"{r.cpu_speedup:.2f}x", f"{r.gflop_per_s:.0f}", f"{100 * r.matmul_fraction:.0f}%"]
+        + [f"{100 * r.cpu_matmul_fraction:.0f}%", f"{r.max_abs_diff:.1e}", f"{100 * r.argmax_agreement:.2f}%"]
+        + [f"setup {r.setup_s:.0f} s" if "compiled" in r.variant else ""]
+        for r in results
+    ]
+    print_table(title, header, rows)
+
+
+# ----------------------------------------------------------------------------------------------------- training
+
+TRAIN_VARIANTS = {"fp32": (False, False), "fp32+channels_last": (True, False), "bf16": (False, True), "bf16+channels_last": (True, True)}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def train_worker(args) -> None:
+    """One process, one configuration: prints a JSON line with step times and memory (see README, 'train')."""
+    torch.set_num_threads(args.threads)
+    channels_last, bf16 = TRAIN_VARIANTS[args.variant]
+    torch.manual_seed(0)
+    model = SemanticFPNForSemanticSegmentation(SemanticFPNConfig.from_preset(TRAIN_PRESET_OF_DEPTH[args.depth])).train()
+    pixel_values = torch.randn(args.batch, 3, args.crop, args.crop)
+    labels = torch.randint(0, model.config.num_labels, (args.batch, args.crop, args.crop))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    rss_before = _rss_bytes()
+    times = []
+    for _ in range(args.steps + 1):  # the first step is the warm-up (it also creates the momentum buffers)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with bf16_autocast("cpu", enabled=bf16):
+            loss = model(pixel_values=pixel_values, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"times_s": times[1:], "rss_before_steps": rss_before, "peak_rss": peak, "loss": loss.item()}))
+
+
+@dataclass
+class TrainResult:
+    threads: int
+    depth: int
+    crop: int
+    batch: int
+    variant: str
+    median_s: float
+    speedup: float
+    images_per_s: float
+    peak_rss_mib: float
+    step_memory_mib: float  # peak RSS minus RSS after building model, data and optimizer
+    times_s: list[float]
+
+
+def bench_train(args, threads: int) -> list[TrainResult]:
+    results = []
+    for depth in args.train_depths:
+        for variant in args.train_variants:
+            command = [sys.executable, __file__, "_train-worker", "--variant", variant, "--depth", str(depth)]
+            command += ["--threads", str(threads), "--steps", str(args.train_steps), "--crop", str(args.crop)]
+            command += ["--batch", str(args.train_batch)]
+            completed = subprocess.run(command, capture_output=True, text=True)
+            if completed.returncode != 0:
+                raise RuntimeError(f"training worker {variant} failed:\n{completed.stderr[-3000:]}")
+            report = json.loads(completed.stdout.strip().splitlines()[-1])
+            median = statistics.median(report["times_s"])
+            results.append(
+                TrainResult(
+                    threads=threads,
+                    depth=depth,
+                    crop=args.crop,
+                    batch=args.train_batch,
+                    variant=variant,
+                    median_s=median,
+                    speedup=0.0,
+                    images_per_s=args.train_batch / median,
+                    peak_rss_mib=report["peak_rss"] / 2**20,
+                    step_memory_mib=(report["peak_rss"] - report["rss_before_steps"]) / 2**20,
+                    times_s=report["times_s"],
+                )
+            )
+    for result in results:
+        baseline = next(r for r in results if r.depth == result.depth and r.variant == args.train_variants[0])
+        result.speedup = baseline.median_s / result.median_s
+    header = ["model", "variant", "median s/step", "img/s", "speedup", "peak RSS MiB", "step memory MiB"]
+    rows = [
+        [f"R-{r.depth}", r.variant, f"{r.median_s:.2f}", f"{r.images_per_s:.2f}", f"{r.speedup:.2f}x"]
+        + [f"{r.peak_rss_mib:.0f}", f"{r.step_memory_mib:.0f}"]
+        for r in results
+    ]
+    print_table(
+        f"Training step (forward + backward + SGD), crop {args.crop}x{args.crop}, batch {args.train_batch}, "
+        f"{threads} thread(s), ADE20K head (150 classes)",
+        header,
+        rows,
+    )
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="all", choices=["all", "forward", "train", "matmul", "_train-worker"])
+    parser.add_argument("--quick", action="store_true", help="R-50 at 512x512 only, 2 repeats, 1 thread")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to run (default 1 2)")
+    parser.add_argument("--depths", type=int, nargs="+", default=[50, 101], choices=[50, 101])
+    parser.add_argument("--sizes", type=parse_size, nargs="+", default=[(512, 1024), (512, 512)])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant (batch > 1: one fewer)")
+    parser.add_argument(
+        "--variants", nargs="+", default=EXACT_VARIANTS + ["bf16", "bf16+fold+cl"], choices=list(VARIANTS),
+        help="variants of the first configuration (first depth, size and batch); the first is the baseline",
+    )  # fmt: skip
+    parser.add_argument("--core-variants", nargs="+", default=CORE_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile variants to the first config")
+    parser.add_argument("--train-depths", type=int, nargs="+", default=[50], choices=[50, 101])
+    parser.add_argument("--train-variants", nargs="+", default=list(TRAIN_VARIANTS), choices=list(TRAIN_VARIANTS))
+    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--train-batch", "--batch", dest="train_batch", type=int, default=2)
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--output", help="write every figure as JSON to this path")
+    # _train-worker only
+    parser.add_argument("--variant", default="fp32", choices=list(TRAIN_VARIANTS))
+    parser.add_argument("--depth", type=int, default=50)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.threads, args.depths, args.sizes, args.batches = [1], [50], [(512, 512)], [1]
+        args.repeats, args.train_steps = 2, 2
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.command == "_train-worker":
+        args.threads = args.threads[0]
+        train_worker(args)
+        return
+    report = {
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+        "cpu": cpu_description(),
+        "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "sections": [],
+    }
+    print(f"torch {torch.__version__}, CPU {report['cpu']['model']} ({', '.join(report['cpu']['isa_flags'])})")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        section = {"threads": threads}
+        rates_before = matmul_rates(args.quick)
+        print(f"\n=== {threads} thread(s) (torch.get_num_threads() = {torch.get_num_threads()}) ===")
+        if args.command in ("all", "forward"):
+            section["forward"] = [asdict(r) for r in bench_forward(args, threads, rates_before)]
+        if args.command in ("all", "train"):
+            section["train"] = [asdict(r) for r in bench_train(args, threads)]
+        rates_after = matmul_rates(args.quick) if args.command != "matmul" else rates_before
+        section["matmul_gflop_per_s"] = {"before": rates_before, "after": rates_after}
+        rows = [
+            [dtype, f"{rates_before[dtype]['wall']:.0f}", f"{rates_after[dtype]['wall']:.0f}"]
+            + [f"{rates_before[dtype]['cpu']:.0f}", f"{rates_after[dtype]['cpu']:.0f}"]
+            for dtype in ("fp32", "bf16")
+        ]
+        header = ["dtype", "GFLOP/s before", "after", "CPU-time GFLOP/s before", "after"]
+        print_table(f"matmul rate, 2048x2048 torch.mm, {threads} thread(s) (fractions use 'before')", header, rows)
+        report["sections"].append(section)
+    if args.output:
+        with open(args.output, "w") as file:
+            json.dump(report, file, indent=1)
+        print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

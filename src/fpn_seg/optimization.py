@@ -1,0 +1,159 @@
+"""Faster CPU inference for Semantic FPN: one switch per optimisation, and the bfloat16 autocast switch.
+
+Exact switches (float32; logits equal to the plain eager model up to float rounding, |diff| < 1e-4 on logits of
+order 1-10):
+
+- `fold_batch_norm`: every BatchNorm that follows a conv is merged into that conv (see
+  `SemanticFPNForSemanticSegmentation.fold_batch_norm`), saving one pass over each activation.
+- `channels_last`: weights (and hence activations) in NHWC order, the layout oneDNN's conv kernels use natively; the
+  plain NCHW path reorders every conv's input and output.
+- `onednn_convs`: every conv runs through oneDNN (`aten.mkldnn_convolution`). With one thread, torch sends stride-1
+  1x1 convs to its own im2col + GEMM kernel instead, which is slower in channels_last (about half the rate on the
+  wide, shallow 1x1 convs of the first stage).
+- `compile`: `torch.compile` (inductor) with freezing: the weights become constants, oneDNN weights are prepacked,
+  ReLUs and residual adds are fused into the convs and the other ops become generated C++ loops. It compiles once per
+  input shape (tens of seconds for R-50 on two cores), so it pays off only when many images share a shape.
+
+Not exact: `bf16_autocast()` runs the convs in bfloat16 (fast on CPUs with AVX512-BF16 or AMX); predictions agree with
+float32 on almost every pixel of a trained model, logits differ by about 1%.
+
+The best exact path measured on this project's CPU (see `benchmarks/README.md`) is
+`optimize_for_inference(model)`: folded BatchNorm + channels_last + oneDNN convs, eager.
+"""
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """`nn.Conv2d` that always takes oneDNN's kernel on CPU (float32), whatever torch's size heuristics would pick.
+
+    Same parameters and state dict as `nn.Conv2d`; falls back to `nn.Conv2d.forward` off CPU, under autocast (which
+    only casts `aten.conv2d`), for non-float32 inputs and for non-zero padding modes. Made by [`use_onednn_convs`].
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if (
+            hidden_states.device.type != "cpu"
+            or hidden_states.dtype != torch.float32
+            or self.weight.dtype != torch.float32
+            or self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+            or torch.is_autocast_enabled("cpu")
+        ):
+            return super().forward(hidden_states)
+        return torch.ops.aten.mkldnn_convolution(
+            hidden_states, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+        )
+
+
+def use_onednn_convs(model: nn.Module) -> nn.Module:
+    """Turn every plain `nn.Conv2d` of `model` into a [`OneDNNConv2d`] in place (same parameters); returns `model`."""
+    if not torch.backends.mkldnn.is_available():
+        return model
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = OneDNNConv2d
+    return model
+
+
+def _compile_with_freezing(gm: torch.fx.GraphModule, example_inputs):
+    """Inductor with `freezing=True` for this compilation only (`torch.compile(options=...)` does not pass it on)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.compile_fx import compile_fx
+
+    with inductor_config.patch(freezing=True):
+        return compile_fx(gm, example_inputs)
+
+
+def compile_for_inference(model: nn.Module) -> nn.Module:
+    """`torch.compile(model)` with inductor and freezing. Call the result under `torch.inference_mode()` or
+    `torch.no_grad()`: only then are the weights frozen (and the result stale if the weights change afterwards)."""
+    return torch.compile(model, backend=_compile_with_freezing)
+
+
+def optimize_for_inference(
+    model: SemanticFPNForSemanticSegmentation,
+    *,
+    fold_batch_norm: bool = True,
+    channels_last: bool = True,
+    onednn_convs: bool = True,
+    compile: bool = False,
+) -> nn.Module:
+    """An inference copy of `model` with the chosen exact optimisations; `model` itself is left untouched.
+
+    The copy is in eval mode and cannot be trained; feed it `pixel_values` as usual (any memory format; they need not
+    be channels_last) under `torch.inference_mode()`. Its logits come back in the model's memory format: call
+    `.contiguous()` on them if a consumer needs NCHW strides. With `compile=True` the result is a
+    `torch.compile`d module (see [`compile_for_inference`]), compiled on its first call for each input shape.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize_for_inference: model must be an nn.Module, got {type(model).__name__}.")
+    if fold_batch_norm:
+        if not hasattr(model, "fold_batch_norm"):
+            raise TypeError(
+                f"optimize_for_inference: {type(model).__name__} has no fold_batch_norm(); pass fold_batch_norm=False."
+            )
+        optimized = model.fold_batch_norm()
+    else:
+        optimized = copy.deepcopy(model).eval()
+        optimized.requires_grad_(False)
+    if channels_last:
+        optimized = optimized.to(memory_format=torch.channels_last)
+    if onednn_convs and not compile:  # inductor picks oneDNN itself, and fuses only `aten.convolution` nodes
+        optimized = use_onednn_convs(optimized)
+    if compile:
+        optimized = compile_for_inference(optimized)
+    return optimized
+
+
+def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
+    """Whether `device` has native bfloat16 matrix units (CPU: AVX512-BF16 or AMX, as oneDNN reports; CUDA: Ampere+)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
+
+
+@contextlib.contextmanager
+def bf16_autocast(device: str | torch.device = "cpu", enabled: bool = True) -> Iterator[None]:
+    """Run the enclosed model calls under bfloat16 autocast on `device`'s type (`"cpu"` or `"cuda"`).
+
+    Not exact: convs run in bfloat16 (8-bit mantissa), the rest stays float32. Use `logits.float()` downstream.
+    """
+    device_type = torch.device(device).type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled):
+        yield
+
+
+def prediction_agreement(logits: torch.Tensor, reference_logits: torch.Tensor) -> float:
+    """Fraction of pixels where the argmax over classes (dim 1) of `logits` (B, N, H, W) equals that of
+    `reference_logits` (same shape; resized bilinearly if only the spatial size differs)."""
+    if logits.shape[:2] != reference_logits.shape[:2]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and reference_logits {tuple(reference_logits.shape)} must have the same "
+            "batch size and number of classes."
+        )
+    if logits.shape[-2:] != reference_logits.shape[-2:]:
+        logits = F.interpolate(logits.float(), size=reference_logits.shape[-2:], mode="bilinear", align_corners=False)
+    return (logits.argmax(1) == reference_logits.argmax(1)).float().mean().item()
+
+
+__all__ = [
+    "OneDNNConv2d",
+    "bf16_autocast",
+    "bf16_is_fast",
+    "compile_for_inference",
+    "optimize_for_inference",
+    "prediction_agreement",
+    "use_onednn_convs",
+]
