@@ -442,8 +442,11 @@ def iter_pair_records(
                 bar.update()
             return
         import multiprocessing
+        import sys
 
-        with multiprocessing.get_context("spawn" if os.name == "nt" else "fork").Pool(num_proc) as pool:
+        # fork is fast and safe for this numpy/PIL-only work on Linux; elsewhere the platform default (spawn).
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with context.Pool(num_proc) as pool:
             for record in pool.imap(reader, pairs, chunksize=4):
                 yield record
                 bar.update()
