@@ -156,33 +156,38 @@ def _ground(canvas: _Canvas, camera: _Camera, street: dict) -> None:
 def _facades(canvas: _Canvas, camera: _Camera, side: int, lateral: float, start_depth: float) -> None:
     """Blocks of buildings on the plane `X = lateral` from `start_depth` on; some gaps show a hedge and sky."""
     rng = canvas.rng
+    first, last = (0, int(np.ceil(camera.vanish_x))) if side < 0 else (int(camera.vanish_x), canvas.width)
+    first, last = max(first, 0), min(last, canvas.width)
+    xx, yy = canvas.xx[:, first:last], canvas.yy[:, first:last]
     with np.errstate(divide="ignore", invalid="ignore"):
-        inverse_depth = (canvas.xx - camera.vanish_x) / lateral  # focal / depth, > 0 on this side of the street
+        inverse_depth = (xx - camera.vanish_x) / lateral  # focal / depth, > 0 on this side of the street
         depth = np.where(inverse_depth > 0.05, camera.focal / inverse_depth, np.inf)
-        height = 1.0 - (canvas.yy - camera.horizon) / inverse_depth  # world height seen at each pixel
-    texture = 4 * rng.standard_normal(depth.shape, dtype=np.float32) + 5 * canvas.noise(15)
+        height = 1.0 - (yy - camera.horizon) / inverse_depth  # world height seen at each pixel
+    texture = 4 * rng.standard_normal(depth.shape, dtype=np.float32) + 5 * canvas.noise(15, depth.shape)
     block_start = start_depth
     while block_start < 2 * camera.focal:  # farther blocks are under half a pixel wide
-        length = rng.uniform(4, 14)
+        # Blocks at least ~2 pixels wide: far away, one block stands for several.
+        length = max(rng.uniform(4, 14), 2 * block_start**2 / (abs(lateral) * camera.focal))
         block_end = block_start + length
         x0, x1 = sorted((camera.x(lateral, block_start), camera.x(lateral, block_end)))
-        columns = slice(max(int(x0), 0), min(int(np.ceil(x1)), canvas.width))
+        columns = slice(max(int(x0), first) - first, min(int(np.ceil(x1)), last) - first)
         if columns.start >= columns.stop:
             block_start = block_end
             continue
-        window = (slice(None), columns)
-        z, h = depth[window], height[window]
+        local = (slice(None), columns)
+        window = (slice(None), slice(columns.start + first, columns.stop + first))
+        z, h = depth[local], height[local]
         block = (z >= block_start) & (z < block_end) & (h >= 0)
         if rng.uniform() < 0.15:  # a gap: a hedge, and the sky behind
             _foliage(canvas, block & (h < rng.uniform(1.2, 3.5)), window)
         else:
             top = rng.uniform(3, 11)
             colour = _BUILDING_COLOURS[rng.integers(len(_BUILDING_COLOURS))] + rng.uniform(-15, 15, 3)
-            rgb = (0.85 if rng.uniform() < 0.5 else 1.0) * colour + texture[window][..., None]
+            rgb = (0.85 if rng.uniform() < 0.5 else 1.0) * colour + texture[local][..., None]
             floor_height, window_pitch = rng.uniform(1.4, 2.0), rng.uniform(1.2, 2.2)
             along, up = ((z - block_start) / window_pitch) % 1.0, (h / floor_height) % 1.0
             windows = (h > 1.3) & (h < top - 0.5) & (up > 0.35) & (up < 0.8) & (along > 0.25) & (along < 0.7)
-            glass = np.array([45, 55, 75]) + rng.uniform(-10, 25) + texture[window][..., None]
+            glass = np.array([45, 55, 75]) + rng.uniform(-10, 25) + texture[local][..., None]
             rgb = np.where(windows[..., None], glass, rgb)
             if rng.uniform() < 0.5:  # shop windows on the ground floor
                 shop = (h < 1.1) & (((z - block_start) / 3.0) % 1.0 < 0.6)
@@ -391,7 +396,7 @@ def generate_street_scenes(
     height, width = (int(side) for side in size)
     if min(height, width) < 16 or num_train < 0 or num_val < 0:
         raise ValueError(f"generate_street_scenes: size must be at least 16x16 and counts >= 0, got {size}.")
-    params = {"num_train": num_train, "num_val": num_val, "size": [height, width], "seed": seed, "version": 2}
+    params = {"num_train": num_train, "num_val": num_val, "size": [height, width], "seed": seed, "version": 3}
     manifest = root / MANIFEST_NAME
     if manifest.exists():
         if json.loads(manifest.read_text()) == params:
