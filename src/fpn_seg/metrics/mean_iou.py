@@ -410,7 +410,8 @@ class MeanIoUComputeMetrics:
 
     At `compute_result=True` it returns a flat dict of Python floats for the Trainer's logs: `mean_iou`,
     `mean_accuracy`, `overall_accuracy` and `iou_<class name>` per class, then resets for the next evaluation; the
-    full evaluate-style result stays in `last_results` (for [`format_iou_table`]). Classes absent from both
+    full evaluate-style result stays in `last_results` (for [`format_iou_table`]) and the (C + 1, C + 1) counts in
+    `last_confusion_matrix` (see `MeanIoU.full_confusion_matrix`). Classes absent from both
     predictions and labels have no IoU (NaN): their `iou_<name>` key is left out, unless `nan_to_num` is given,
     in which case NaNs (also a NaN mean when nothing was counted) become that number. (A NaN would be logged and
     written to `trainer_state.json` as the non-standard JSON token `NaN`; leaving the key out keeps the files
@@ -430,6 +431,7 @@ class MeanIoUComputeMetrics:
         self.inputs_gathered = inputs_gathered
         self.nan_to_num = nan_to_num
         self.last_results: dict[str, Any] | None = None
+        self.last_confusion_matrix: torch.Tensor | None = None
         self._iou_keys = iou_metric_keys(self.id2label)
 
     @property
@@ -484,6 +486,7 @@ class MeanIoUComputeMetrics:
         if not self.inputs_gathered:
             self.metric.all_reduce()
         self.last_results = self.metric.compute()
+        self.last_confusion_matrix = self.metric.full_confusion_matrix.cpu()
         self.metric.reset()
         return flatten_results(self.last_results, self._iou_keys, self.nan_to_num)
 
