@@ -1,51 +1,105 @@
 """Fine-tune Semantic FPN with the transformers `Trainer`, on mmseg's recipe by default.
 
-    python -m fpn_seg.train --recipe fpn_r50_512x1024_80k_cityscapes --data_dir data/cityscapes --output_dir runs/r50
-    torchrun --nproc_per_node 4 -m fpn_seg.train --recipe fpn_r50_512x1024_80k_cityscapes ...
+    python -m fpn_seg.train --recipe fpn_r50_512x1024_80k_cityscapes --data_dir data/cityscapes --output_dir runs/r50 \
+        --backbone_name_or_path converted/resnet50_v1c
+    torchrun --nproc_per_node 4 -m fpn_seg.train --recipe fpn_r50_512x1024_80k_cityscapes ...   (or `fpn-seg train`)
+    python -m fpn_seg.train --recipe ... --output_dir runs/r50 --resume_from_checkpoint last
+    python -m fpn_seg.train --recipe ... --model_name_or_path runs/r50 --eval_only --output_dir runs/r50_eval
 
-A recipe is a YAML or JSON file (or the name of a built-in one in `fpn_seg/recipes/`) whose keys are the fields of
-`ModelArguments`, `DataArguments`, `RecipeArguments` and `TrainingArguments`; command-line flags override it.
+**Arguments.** The fields of [`ModelArguments`], [`DataArguments`], [`RecipeArguments`] and `TrainingArguments`, as
+flags or in a recipe: a YAML or JSON file, or the name of a built-in one in `fpn_seg/recipes/` (one per mmseg seed
+config). Built-in defaults < recipe < command-line flags. An unknown recipe key is an error naming the key and the
+file.
+
+**Model.** `--preset` alone trains from scratch; `--preset` with `--backbone_name_or_path` (a folder written by
+`fpn-seg-convert` in backbone mode) starts from ImageNet weights as mmseg does; `--model_name_or_path` fine-tunes (or,
+with `--eval_only`, evaluates) a saved Semantic FPN.
+
+**Set for you** whatever the recipe says: `remove_unused_columns=False` (the transforms need the image and label
+columns), `batch_eval_metrics=True` (the confusion matrix streams batch by batch) and `label_names=["labels"]`; and,
+unless given, `ddp_find_unused_parameters=False` (every parameter gets a gradient).
+Before training, the first batch of each split is encoded with the model's label policy and checked (values other than
+class ids and `ignore_index` are an error naming the split and the policy).
+
+**Evaluation across processes.** Each process turns its logits into class ids at its labels' original resolution, then
+pads class ids and labels (with -100, ignored) to the largest height and width among the processes, so images of
+different sizes evaluate under `torchrun` too; the Trainer's gather drops the samples duplicated to even out the last
+batch. Before evaluating, BatchNorm statistics are copied from the main process (whose weights are the ones saved):
+DDP leaves each process with the statistics of its own last batch.
+
+**Output folder.** The model and processor, `checkpoint-<step>/` folders, `trainer_state.json`, `train_results.json`,
+`eval_results.json`, `eval_iou_table.txt` (per-class IoU and accuracy, as mmseg prints it),
+`eval_confusion_matrix.json` and `training_curves.png`.
 """
 
+import argparse
+import contextlib
 import json
+import os
+import re
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
+from datasets import Dataset, DatasetDict
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.utils import logging
 
-from .configuration_semantic_fpn import PRESETS, SemanticFPNConfig, get_preset
 from .configuration_resnet_v1c import ResNetV1cConfig
-from .data import EvalTransform, TrainTransform, collate_same_size, load_ade20k, load_cityscapes, load_image_label_dataset
-from .image_processing_semantic_fpn import SemanticFPNImageProcessor
+from .configuration_semantic_fpn import PRESETS, SemanticFPNConfig, get_preset
+from .convert import semantic_fpn_from_pretrained_backbone
+from .data import (
+    EvalTransform,
+    TrainTransform,
+    check_label_policy,
+    collate_same_size,
+    load_ade20k,
+    load_cityscapes,
+    load_image_label_dataset,
+)
+from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
 from .metrics import format_iou_table, make_compute_metrics
-from .modeling_resnet_v1c import ResNetV1cBackbone
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
 from .visualize import plot_training_curves
 
+logger = logging.get_logger(__name__)
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
+# Values of --resume_from_checkpoint that mean "the newest complete checkpoint in --output_dir".
+RESUME_FROM_LATEST = ("last", "latest", "true")
+# The file a Trainer checkpoint gets last: a checkpoint folder without it was interrupted while being written.
+CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
+# The Trainer's padding value for labels gathered across processes; `compute_metrics` ignores it.
+LABEL_PADDING_INDEX = -100
 
 
 @dataclass
 class ModelArguments:
-    """Which model to train: a preset architecture (optionally narrowed), a saved model, and/or a backbone."""
+    """Which model to train: a preset architecture (optionally narrowed), a converted backbone, or a saved model."""
 
     preset: str | None = field(
-        default=None, metadata={"help": f"mmseg config name, one of {', '.join(PRESETS)}: architecture + label policy."}
+        default=None,
+        metadata={"help": f"mmseg config name, one of {', '.join(PRESETS)}: architecture + label policy."},
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A saved Semantic FPN folder or hub id to fine-tune (instead of a preset)."}
     )
     backbone_name_or_path: str | None = field(
-        default=None, metadata={"help": "A converted ImageNet ResNetV1c backbone folder to start from."}
+        default=None,
+        metadata={"help": "A converted ImageNet ResNetV1c backbone folder to start from (fpn-seg-convert)."},
     )
     config_overrides: str | None = field(
-        default=None, metadata={"help": 'JSON of config fields, e.g. \'{"neck_channels": 64}\' or backbone widths.'}
+        default=None, metadata={"help": 'JSON object of SemanticFPNConfig fields, e.g. \'{"neck_channels": 64}\'.'}
     )
     backbone_overrides: str | None = field(
-        default=None, metadata={"help": 'JSON of backbone config fields, e.g. \'{"depth": 18, "base_channels": 16}\'.'}
+        default=None,
+        metadata={"help": 'JSON object of ResNetV1cConfig fields, e.g. \'{"depth": 18, "norm_eval": true}\'.'},
     )
 
 
@@ -71,11 +125,12 @@ class DataArguments:
 
 @dataclass
 class RecipeArguments:
-    """mmseg-specific training settings that `TrainingArguments` has no field for."""
+    """mmseg-specific settings that `TrainingArguments` has no field for."""
 
     recipe: str | None = field(default=None, metadata={"help": "YAML/JSON recipe file or built-in recipe name."})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum (weight decay applies to every parameter)."})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (CUDA + NCCL only)."})
+    eval_only: bool = field(default=False, metadata={"help": "Evaluate the model on the eval split, no training."})
     plot: bool = field(default=True, metadata={"help": "Write training_curves.png to the output folder."})
 
 
@@ -86,23 +141,39 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArgu
 FORCED_TRAINING_SETTINGS = {"remove_unused_columns": False, "batch_eval_metrics": True, "label_names": ["labels"]}
 
 
+# ------------------------------------------------------------------------------------------------ arguments
+
+
 def available_recipes() -> list[str]:
     return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
 
 
-def read_recipe(recipe: str) -> dict:
-    """The key/value pairs of a recipe file or built-in recipe; unknown keys are an error naming them."""
+def recipe_path(recipe: str) -> Path:
+    """The file of a recipe given as a path or as the name of a built-in recipe."""
     path = Path(recipe)
-    if not path.exists():
-        path = RECIPES_DIR / f"{recipe}.yaml"
-        if not path.exists():
-            raise FileNotFoundError(
-                f"Recipe {recipe!r} is neither a file nor a built-in recipe ({', '.join(available_recipes())})."
-            )
+    if path.is_file():
+        return path
+    builtin = RECIPES_DIR / f"{recipe}.yaml"
+    if builtin.is_file():
+        return builtin
+    raise FileNotFoundError(
+        f"Recipe {recipe!r} is neither a file nor a built-in recipe ({', '.join(available_recipes())})."
+    )
+
+
+def read_recipe(recipe: str) -> dict[str, Any]:
+    """The key/value pairs of a recipe file or built-in recipe; unknown keys are an error naming them and the file."""
+    path = recipe_path(recipe)
     text = path.read_text(encoding="utf-8")
-    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        language = "JSON" if path.suffix == ".json" else "YAML"
+        raise ValueError(f"Recipe {path} is not valid {language}: {error}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"Recipe {path} must hold a mapping of argument names to values, got {type(values).__name__}.")
+        raise ValueError(
+            f"Recipe {path} must hold a mapping of argument names to values, got {type(values).__name__}."
+        )
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -110,66 +181,273 @@ def read_recipe(recipe: str) -> dict:
             f"Recipe {path} has unknown keys: {', '.join(unknown)}. Keys must be fields of ModelArguments, "
             "DataArguments, RecipeArguments or transformers.TrainingArguments (see `python -m fpn_seg.train --help`)."
         )
+    if "recipe" in values:
+        raise ValueError(f"Recipe {path}: the key 'recipe' cannot be set inside a recipe.")
     return values
 
 
-def parse_arguments(argv: list[str] | None = None):
+def _typed_recipe_values(parser: argparse.ArgumentParser, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Recipe values converted as argparse converts flags (YAML reads `1e-4` as a string; flags' types apply)."""
+    actions = {action.dest: action for action in parser._actions}
+    typed = {}
+    for key, value in values.items():
+        convert = getattr(actions.get(key), "type", None)
+        try:
+            if convert is None or value is None:
+                typed[key] = value
+            elif isinstance(value, list):
+                typed[key] = [convert(item) if isinstance(item, str) else item for item in value]
+            else:
+                typed[key] = convert(value) if isinstance(value, str) else value
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Recipe {source}: {key}={value!r} is not a valid value ({error}).") from None
+    return typed
+
+
+def parse_arguments(
+    argv: Sequence[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, RecipeArguments, TrainingArguments]:
     """(model, data, recipe, training) arguments: built-in defaults < recipe file < command-line flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
-    recipe_name = None
-    if "--recipe" in argv:
-        recipe_name = argv[argv.index("--recipe") + 1]
-    elif any(arg.startswith("--recipe=") for arg in argv):
-        recipe_name = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--recipe="))
-    if recipe_name:
-        parser.set_defaults(**read_recipe(recipe_name))
+    recipe_finder = argparse.ArgumentParser(add_help=False)
+    recipe_finder.add_argument("--recipe")
+    recipe = recipe_finder.parse_known_args(argv)[0].recipe
+    if recipe:
+        parser.set_defaults(**_typed_recipe_values(parser, read_recipe(recipe), str(recipe_path(recipe))))
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     for key, value in FORCED_TRAINING_SETTINGS.items():
         setattr(training_args, key, value)
+    if training_args.ddp_find_unused_parameters is None:
+        training_args.ddp_find_unused_parameters = False  # every parameter gets a gradient: skip DDP's extra pass
     return model_args, data_args, recipe_args, training_args
 
 
+# ------------------------------------------------------------------------------------------------ model
+
+
+def _json_object(value: str | dict | None, flag: str) -> dict[str, Any]:
+    """A JSON-object flag (or a mapping written directly in a YAML recipe) as a dict; `{}` when unset."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"--{flag} must be a JSON object such as '{{\"depth\": 18}}', got {value!r} ({error})."
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"--{flag} must be a JSON object such as '{{\"depth\": 18}}', got {value!r}.")
+    return parsed
+
+
 def build_model(model_args: ModelArguments) -> SemanticFPNForSemanticSegmentation:
-    """A model from a saved folder, or from a preset (+ overrides), optionally with a pretrained backbone."""
-    overrides = json.loads(model_args.config_overrides) if model_args.config_overrides else {}
+    """A saved model, a preset on a converted ImageNet backbone, or a preset from scratch (+ overrides)."""
+    config_overrides = _json_object(model_args.config_overrides, "config_overrides")
+    backbone_overrides = _json_object(model_args.backbone_overrides, "backbone_overrides")
     if model_args.model_name_or_path:
-        return SemanticFPNForSemanticSegmentation.from_pretrained(model_args.model_name_or_path, **overrides)
-    if not model_args.preset:
-        raise ValueError("Give --preset (one of the mmseg config names) or --model_name_or_path.")
-    backbone_fields = json.loads(model_args.backbone_overrides) if model_args.backbone_overrides else {}
-    backbone_fields.setdefault("depth", get_preset(model_args.preset).depth)
-    config = SemanticFPNConfig.from_preset(
-        model_args.preset, backbone_config=ResNetV1cConfig(**backbone_fields), **overrides
-    )
-    model = SemanticFPNForSemanticSegmentation(config)
+        if model_args.backbone_name_or_path:
+            raise ValueError("Give --model_name_or_path (a whole Semantic FPN) or --backbone_name_or_path, not both.")
+        if backbone_overrides:
+            logger.warning("--backbone_overrides is ignored with --model_name_or_path (its config has the backbone).")
+        return SemanticFPNForSemanticSegmentation.from_pretrained(model_args.model_name_or_path, **config_overrides)
     if model_args.backbone_name_or_path:
-        pretrained = ResNetV1cBackbone.from_pretrained(model_args.backbone_name_or_path)
-        model.backbone.load_state_dict(pretrained.state_dict(), strict=True)
-    return model
+        # Backbone config and weights come from the folder; overrides may only change what the weights allow.
+        return semantic_fpn_from_pretrained_backbone(
+            model_args.backbone_name_or_path, model_args.preset, backbone_overrides, **config_overrides
+        )
+    if not model_args.preset:
+        raise ValueError(f"Give --preset (one of {', '.join(PRESETS)}) or --model_name_or_path.")
+    backbone_overrides.setdefault("depth", get_preset(model_args.preset).depth)
+    logger.warning(
+        "Training from scratch: no --backbone_name_or_path (mmseg's recipes start from ImageNet ResNetV1c weights; "
+        "convert them with `fpn-seg-convert --backbone ...`)."
+    )
+    config = SemanticFPNConfig.from_preset(
+        model_args.preset, backbone_config=ResNetV1cConfig(**backbone_overrides), **config_overrides
+    )
+    return SemanticFPNForSemanticSegmentation(config)
 
 
-def load_training_data(data_args: DataArguments):
-    """The `DatasetDict` that `data_args` names (splits `train` / `validation` for the official layouts)."""
+def convert_to_sync_batch_norm(model: torch.nn.Module, world_size: int, device: torch.device) -> torch.nn.Module:
+    """`model` with `torch.nn.SyncBatchNorm` in place of its BatchNorms when training on several CUDA processes."""
+    if world_size <= 1:
+        logger.warning("--sync_bn has no effect in a single process; BatchNorm is left as it is.")
+        return model
+    if device.type != "cuda":
+        raise ValueError(
+            f"--sync_bn needs CUDA devices with NCCL (torch's SyncBatchNorm has no {device.type} implementation); "
+            "drop --sync_bn to train with per-process BatchNorm statistics."
+        )
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_training_data(data_args: DataArguments, splits: Sequence[str] | None = None) -> DatasetDict:
+    """The splits `splits` (default: train and eval split) of the dataset `data_args` names, keyed by those names.
+
+    For `folder` / `hub` datasets a missing split is left out; the official layouts raise on a missing split.
+    """
     if data_args.data_dir is None:
         raise ValueError("--data_dir is required: the dataset root folder (or repo id with --dataset hub).")
-    if data_args.dataset == "cityscapes":
-        return load_cityscapes(data_args.data_dir, splits=(data_args.train_split, data_args.eval_split))
-    if data_args.dataset == "ade20k":
-        return load_ade20k(data_args.data_dir, splits=(data_args.train_split, data_args.eval_split))
+    splits = list(dict.fromkeys(splits or (data_args.train_split, data_args.eval_split)))
+    official = {"cityscapes": load_cityscapes, "ade20k": load_ade20k}
+    if data_args.dataset in official:
+        loader = official[data_args.dataset]
+        # One call per split: the loaders rename splits (`val` -> `validation`); keep the names asked for.
+        loaded = {split: loader(data_args.data_dir, splits=(split,)) for split in splits}
+        return DatasetDict({split: next(iter(loaded[split].values())) for split in splits})
     if data_args.dataset in ("folder", "hub"):
         source = data_args.data_dir
         if data_args.dataset == "hub":
             from datasets import load_dataset
 
             source = load_dataset(data_args.data_dir)
-        return load_image_label_dataset(source, data_args.image_column, data_args.label_column)
+        loaded = load_image_label_dataset(source, data_args.image_column, data_args.label_column)
+        return DatasetDict({split: loaded[split] for split in splits if split in loaded})
     raise ValueError(f"--dataset {data_args.dataset!r} is not one of cityscapes, ade20k, folder, hub.")
 
 
+def describe_label_policy(config: SemanticFPNConfig) -> str:
+    label_map = f"label_map with {len(config.label_map)} entries" if config.label_map else "no label_map"
+    return (
+        f"reduce_labels={config.reduce_labels}, {label_map}, ignore_index={config.ignore_index}, "
+        f"{config.num_labels} classes"
+    )
+
+
+def check_first_batch_labels(
+    dataset: Dataset, processor: SemanticFPNImageProcessor, config: SemanticFPNConfig, batch_size: int, where: str
+) -> None:
+    """Encode the labels of the first `batch_size` examples of `dataset` (raw columns, before any transform) with the
+    processor's label policy and raise a `ValueError` naming `where` and the policy when a value is neither a class
+    id nor `ignore_index` (or when the label files are marked with another policy)."""
+    examples = dataset[: max(1, batch_size)]
+    for position, label in enumerate(examples["label"]):
+        check_label_policy(label, processor)
+        label_ids = processor.encode_labels(label_to_tensor(label))
+        try:
+            check_label_values(label_ids, config)
+        except ValueError as error:
+            raise ValueError(
+                f"{where}, example {position} of the first batch, after the label policy "
+                f"({describe_label_policy(config)}): {error}"
+            ) from None
+
+
+def _label_sizes(dataset: Dataset) -> set[tuple[int, int]]:
+    """The (width, height) of every label image, read from the file headers (no decoding)."""
+    import io
+
+    import PIL.Image
+    from datasets import Image
+
+    sizes = set()
+    for item in dataset.cast_column("label", Image(decode=False))["label"]:
+        source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+        with PIL.Image.open(source) as image:
+            sizes.add(image.size)
+    return sizes
+
+
+def check_eval_batch_size(dataset: Dataset, batch_size: int, where: str) -> None:
+    """Evaluation keeps labels at their original size: a batch of several examples needs one size throughout."""
+    if batch_size <= 1:
+        return
+    sizes = _label_sizes(dataset)
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes)[:5]) + (" ..." if len(sizes) > 5 else "")
+        raise ValueError(
+            f"{where} has images of {len(sizes)} sizes ({shown}); evaluation keeps labels at their original size, "
+            f"so batches cannot be stacked: use --per_device_eval_batch_size 1 (got {batch_size})."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ training data
+
+
+def example_seed(*values: int) -> int:
+    """A 63-bit seed from integers, e.g. (data seed, epoch, example index), the same in every process and run."""
+    return int(np.random.SeedSequence([int(value) for value in values]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """Per-example tensors are small: one torch thread is faster than several (see `fpn_seg.data.transforms`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A permutation of `range(num_examples)` per epoch, seeded by `(seed, epoch)`, yielding `(epoch, index)` keys for
+    [`AugmentedTrainDataset`]. The Trainer (through accelerate) calls `set_epoch` before each epoch, the resumed one
+    included, and shards the batches across processes."""
+
+    def __init__(self, num_examples: int, seed: int):
+        self.num_examples, self.seed, self.epoch = num_examples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch))
+        for index in torch.randperm(self.num_examples, generator=generator).tolist():
+            yield self.epoch, index
+
+
+class AugmentedTrainDataset(torch.utils.data.Dataset):
+    """The training split through mmseg's augmentation ([`TrainTransform`]), keyed by `(epoch, index)`.
+
+    Each example's random draws come from a generator seeded by `(seed, epoch, index)`, not from a global RNG, so
+    they do not depend on what was fetched before: a run resumed from a checkpoint sees exactly the crops of the
+    uninterrupted run (the DataLoader fetches ahead of the step being trained, and the Trainer restores its RNG
+    states only after the first batch of the resumed epoch), whatever the number of workers or processes.
+    """
+
+    def __init__(self, dataset: Dataset, transform: TrainTransform, seed: int):
+        self.dataset, self.transform, self.seed = dataset, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        example = self.dataset[int(index)]
+        image, label = example[self.transform.image_column], example[self.transform.label_column]
+        check_label_policy(label, self.transform.processor)
+        generator = torch.Generator().manual_seed(example_seed(self.seed, epoch, index))
+        with _one_intra_op_thread():
+            pixel_values, labels = self.transform.transform_example(
+                image_to_tensor(image), label_to_tensor(label), generator
+            )  # (3, crop_h, crop_w) float32, (crop_h, crop_w) int64
+        return {"pixel_values": pixel_values, "labels": labels}
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
 class SemanticFPNTrainer(Trainer):
-    """`Trainer` with mmseg's optimiser: SGD with momentum and weight decay on every parameter (the default
-    `Trainer` exempts biases and norm weights from weight decay; mmseg's sem_fpn recipe does not)."""
+    """`Trainer` with mmseg's optimiser and an evaluation that is exact on any number of processes.
+
+    - Optimiser: SGD with momentum and weight decay on every parameter (the default `Trainer` exempts biases and
+      norm weights from weight decay; mmseg's sem_fpn recipe does not).
+    - Training order: an [`AugmentedTrainDataset`] is shuffled by an [`EpochShuffleSampler`] (exact resumes).
+    - Evaluation: `prediction_step` returns class ids at the labels' original resolution (made by
+      `compute_metrics.preprocess_logits_for_metrics`, before any gather), padded with the labels (with -100) to the
+      largest height and width among processes, so that the Trainer's gather accepts images of different sizes.
+    - Before evaluating, every process takes the main process's BatchNorm statistics (see the module docstring).
+    """
 
     def __init__(self, *args, momentum: float = 0.9, **kwargs):
         training_args = kwargs["args"]
@@ -179,10 +457,109 @@ class SemanticFPNTrainer(Trainer):
         )
         super().__init__(*args, optimizer_cls_and_kwargs=optimizer, **kwargs)
 
+    def _get_train_sampler(self, train_dataset=None):
+        train_dataset = self.train_dataset if train_dataset is None else train_dataset
+        if isinstance(train_dataset, AugmentedTrainDataset):
+            return EpochShuffleSampler(len(train_dataset), train_dataset.seed)
+        return super()._get_train_sampler(train_dataset)
 
-def main(argv: list[str] | None = None) -> dict:
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        to_class_ids = getattr(self.compute_metrics, "preprocess_logits_for_metrics", None)
+        if logits is None or labels is None or to_class_ids is None:
+            return loss, logits, labels
+        predictions = to_class_ids(logits, labels)  # (B, H, W) class ids at the labels' size
+        for dim in (1, 2):  # same (H, W) on every process; padded pixels are ignored through the labels
+            predictions = self.accelerator.pad_across_processes(predictions, dim=dim, pad_index=0)
+            labels = self.accelerator.pad_across_processes(labels, dim=dim, pad_index=LABEL_PADDING_INDEX)
+        return loss, predictions, labels
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        self._use_main_process_buffers()
+        return super().evaluate(*args, **kwargs)
+
+    def _use_main_process_buffers(self) -> None:
+        """Copy the main process's buffers (BatchNorm running statistics) to every process (DDP only)."""
+        if self.args.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return
+        for buffer in self.model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _checkpoint_step(path: Path) -> int:
+    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint folder `--resume_from_checkpoint` names: a path, or `last` for the newest complete
+    `checkpoint-<step>` in `output_dir` (a folder without `trainer_state.json` was interrupted while saving)."""
+    if value is None or value.strip().lower() in ("", "false", "none"):
+        return None
+    if value.strip().lower() in RESUME_FROM_LATEST:
+        folders = [path for path in Path(output_dir).glob("checkpoint-*") if _checkpoint_step(path) >= 0]
+        complete = [path for path in folders if (path / CHECKPOINT_COMPLETE_MARKER).is_file()]
+        if not complete:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint {value}: no complete checkpoint-<step> folder (with "
+                f"{CHECKPOINT_COMPLETE_MARKER}) in {output_dir}."
+            )
+        newest = max(complete, key=_checkpoint_step)
+        skipped = sorted(path.name for path in folders if _checkpoint_step(path) > _checkpoint_step(newest))
+        if skipped:
+            names = ", ".join(skipped)
+            logger.warning(f"Skipping incomplete checkpoint(s) {names} (no {CHECKPOINT_COMPLETE_MARKER}).")
+        return str(newest)
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
+    if not (path / CHECKPOINT_COMPLETE_MARKER).is_file():
+        raise ValueError(
+            f"--resume_from_checkpoint {value}: not a complete Trainer checkpoint (no {CHECKPOINT_COMPLETE_MARKER}, "
+            "which the Trainer writes last: the run was probably stopped while saving). Resume from an earlier "
+            "checkpoint-<step> folder, or pass `last`."
+        )
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+def save_evaluation_report(output_dir: str | os.PathLike, compute_metrics: Any, config: SemanticFPNConfig) -> str:
+    """Write `eval_iou_table.txt` and `eval_confusion_matrix.json` from the last evaluation; returns the table."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = format_iou_table(compute_metrics.last_results, config.id2label)
+    (output_dir / "eval_iou_table.txt").write_text(table + "\n", encoding="utf-8")
+    num_labels = config.num_labels
+    matrix = compute_metrics.last_confusion_matrix  # (C + 1, C + 1): last row / column count out-of-range values
+    report = {
+        "class_names": [config.id2label[index] for index in range(num_labels)],
+        "rows": "reference class id",
+        "columns": "predicted class id",
+        "confusion_matrix": matrix[:num_labels, :num_labels].tolist(),
+        "out_of_range_references": int(matrix[num_labels].sum()),
+        "out_of_range_predictions": int(matrix[:, num_labels].sum()),
+    }
+    (output_dir / "eval_confusion_matrix.json").write_text(json.dumps(report) + "\n", encoding="utf-8")
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Train (and/or evaluate) as the arguments say; returns the final evaluation metrics (`{}` without eval split)."""
     model_args, data_args, recipe_args, training_args = parse_arguments(argv)
     set_seed(training_args.seed)
+    checkpoint = None
+    if not recipe_args.eval_only:
+        checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     model = build_model(model_args)
     config = model.config
     preset = get_preset(model_args.preset) if model_args.preset else None
@@ -190,61 +567,85 @@ def main(argv: list[str] | None = None) -> dict:
     crop_size = tuple(data_args.crop_size) if data_args.crop_size else (preset.crop_size if preset else (512, 512))
     processor = SemanticFPNImageProcessor.from_model_config(config, **({"scale": scale} if scale else {}))
 
-    datasets = load_training_data(data_args)
-    train_split = "train" if data_args.dataset in ("cityscapes", "ade20k") else data_args.train_split
-    eval_split = "validation" if data_args.dataset in ("cityscapes", "ade20k") else data_args.eval_split
-    train_dataset = datasets[train_split]
-    eval_dataset = datasets[eval_split] if eval_split in datasets else None
-    if data_args.max_train_samples:
-        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
-    if eval_dataset is not None and data_args.max_eval_samples:
-        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
-    # seed=None: augmentations draw from torch's global RNG, which the Trainer seeds and checkpoints (exact resumes).
-    train_dataset = train_dataset.with_transform(TrainTransform(processor, crop_size))
-    if eval_dataset is not None:
+    splits = [data_args.eval_split] if recipe_args.eval_only else None
+    datasets = load_training_data(data_args, splits)
+    where = f"--dataset {data_args.dataset} --data_dir {data_args.data_dir}"
+    train_dataset = eval_dataset = None
+    if not recipe_args.eval_only:
+        if data_args.train_split not in datasets:
+            raise ValueError(f"{where} has no split {data_args.train_split!r} (splits: {list(datasets)}).")
+        train_dataset = datasets[data_args.train_split]
+        if data_args.max_train_samples:
+            train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+        check_first_batch_labels(
+            train_dataset, processor, config, training_args.per_device_train_batch_size,
+            f"{where}, split {data_args.train_split!r}",
+        )  # fmt: skip
+        data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        train_dataset = AugmentedTrainDataset(train_dataset, TrainTransform(processor, crop_size), data_seed)
+    if data_args.eval_split in datasets:
+        eval_dataset = datasets[data_args.eval_split]
+        if data_args.max_eval_samples:
+            eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+        eval_where = f"{where}, split {data_args.eval_split!r}"
+        check_first_batch_labels(eval_dataset, processor, config, training_args.per_device_eval_batch_size, eval_where)
+        check_eval_batch_size(eval_dataset, training_args.per_device_eval_batch_size, eval_where)
         eval_dataset = eval_dataset.with_transform(EvalTransform(processor))
-    check_label_values(torch.as_tensor(train_dataset[0]["labels"]), config)
+    elif recipe_args.eval_only or training_args.eval_strategy != "no":
+        raise ValueError(f"{where} has no split {data_args.eval_split!r} to evaluate on (splits: {list(datasets)}).")
 
-    if recipe_args.sync_bn and training_args.world_size > 1:
-        if not torch.cuda.is_available():
-            raise ValueError("--sync_bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU/gloo implementation).")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if recipe_args.sync_bn:
+        model = convert_to_sync_batch_norm(model, training_args.world_size, training_args.device)
 
+    compute_metrics = make_compute_metrics(config)
     trainer = SemanticFPNTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collate_same_size,
-        compute_metrics=make_compute_metrics(config),
+        compute_metrics=compute_metrics,
         momentum=recipe_args.momentum,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    results = {}
-    if trainer.is_world_process_zero():
-        trainer.save_model(training_args.output_dir)
-        processor.save_pretrained(training_args.output_dir)
+    output_dir = Path(training_args.output_dir)
+    if not recipe_args.eval_only:
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model(str(output_dir))  # every process calls it; the main process writes
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(str(output_dir))
+    results: dict[str, float] = {}
     if eval_dataset is not None:
         results = trainer.evaluate()
+        trainer.save_metrics("eval", results)
         if trainer.is_world_process_zero():
-            print(format_iou_table(results, config.id2label, prefix="eval_"))
-            Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2, default=str))
-    if recipe_args.plot and trainer.is_world_process_zero():
-        plot_training_curves(trainer.state.log_history, Path(training_args.output_dir) / "training_curves.png")
+            print(save_evaluation_report(output_dir, compute_metrics, config))
+    if recipe_args.plot and not recipe_args.eval_only and trainer.is_world_process_zero():
+        title = model_args.preset or model_args.model_name_or_path or "Semantic FPN"
+        plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=title)
     return results
 
 
 __all__ = [
+    "AugmentedTrainDataset",
     "DataArguments",
+    "EpochShuffleSampler",
     "ModelArguments",
     "RecipeArguments",
     "SemanticFPNTrainer",
     "available_recipes",
     "build_model",
+    "check_eval_batch_size",
+    "check_first_batch_labels",
+    "convert_to_sync_batch_norm",
+    "example_seed",
     "load_training_data",
     "main",
     "parse_arguments",
     "read_recipe",
+    "resolve_checkpoint",
+    "save_evaluation_report",
 ]
 
 if __name__ == "__main__":

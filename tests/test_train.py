@@ -1,0 +1,373 @@
+"""Tests of the training entry point `fpn_seg.train`: real `Trainer` runs on tiny synthetic street scenes (CPU), two
+gloo processes under torchrun, a resume after SIGKILL, recipes and argument errors.
+
+Speed: tiny models train about 15x faster with one intra-op thread than with two on a loaded two-core machine, so
+in-process runs use `torch.set_num_threads(1)` and subprocesses `OMP_NUM_THREADS=1` (torchrun's default as well).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import yaml
+from datasets import Dataset, DatasetDict, Image, concatenate_datasets
+from safetensors.torch import load_file
+
+from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig
+from fpn_seg.configuration_semantic_fpn import PRESETS
+from fpn_seg.convert import convert_imagenet_backbone
+from fpn_seg.data import generate_street_scenes, load_cityscapes
+from fpn_seg.metrics import mean_iou
+from fpn_seg.train import (
+    ModelArguments,
+    available_recipes,
+    build_model,
+    convert_to_sync_batch_norm,
+    main,
+    parse_arguments,
+    resolve_checkpoint,
+)
+
+# Cityscapes label ids that the synthetic scenes draw for evaluated classes (everything else, ego vehicle and static
+# boxes, becomes 255): road, sidewalk, building, pole, vegetation, terrain, sky, person, car.
+EVALUATED_LABEL_IDS = (7, 8, 11, 17, 21, 22, 23, 24, 26)
+SIZE = (32, 64)
+OTHER_SIZE = (40, 56)  # taller and narrower: processes hold maps that differ in both height and width
+NUM_VAL = 5  # odd: two processes need a duplicated sample in the last batch
+TINY_RECIPE = {
+    "preset": "fpn_r50_512x1024_80k_cityscapes",
+    "backbone_overrides": '{"depth": 18, "stem_channels": 8, "base_channels": 8}',
+    "config_overrides": '{"neck_channels": 16, "head_channels": 16}',
+    "dataset": "cityscapes",
+    "crop_size": list(SIZE),
+    "scale": [SIZE[1], SIZE[0]],
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 2,
+    "learning_rate": 0.05,
+    "weight_decay": "5e-4",  # YAML reads this as a string: the recipe reader converts it as a flag
+    "lr_scheduler_type": "polynomial",
+    "lr_scheduler_kwargs": {"lr_end": 0.0001, "power": 0.9},
+    "max_grad_norm": 0.0,
+    "max_steps": 40,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "logging_steps": 5,
+    "dataloader_num_workers": 0,
+    "report_to": [],
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def recipe(workdir) -> Path:
+    path = workdir / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_RECIPE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scenes(workdir) -> Path:
+    return generate_street_scenes(workdir / "scenes", num_train=32, num_val=NUM_VAL, size=SIZE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(workdir, scenes) -> Path:
+    """A `save_to_disk` dataset: the scenes' train split, and a validation split alternating two image sizes."""
+    other = generate_street_scenes(workdir / "other_scenes", num_train=0, num_val=2, size=OTHER_SIZE, seed=1)
+    ours = load_cityscapes(scenes, progress=False)
+    theirs = load_cityscapes(other, splits=("val",), progress=False)["validation"]
+    parts = [ours["validation"].select([0]), theirs.select([0]), ours["validation"].select([1]), theirs.select([1])]
+    validation = concatenate_datasets([*parts, ours["validation"].select([2])])
+    path = workdir / "mixed_sizes"
+    DatasetDict(train=ours["train"], validation=validation).save_to_disk(str(path))
+    return path
+
+
+def counted_pixels(label_files: list[Path]) -> int:
+    """Pixels whose Cityscapes label id is an evaluated class, counted straight from the label-id PNGs."""
+    return sum(int(np.isin(np.asarray(PIL.Image.open(path)), EVALUATED_LABEL_IDS).sum()) for path in label_files)
+
+
+def val_label_files(root: Path) -> list[Path]:
+    return sorted((root / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))
+
+
+def confusion_matrix(output_dir: Path) -> np.ndarray:
+    report = json.loads((output_dir / "eval_confusion_matrix.json").read_text())
+    assert report["out_of_range_references"] == report["out_of_range_predictions"] == 0
+    return np.array(report["confusion_matrix"], dtype=np.int64)
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run_train(recipe: Path, data_dir: Path, output_dir: Path, *flags: str) -> dict:
+    return main(["--recipe", str(recipe), "--data_dir", str(data_dir), "--output_dir", str(output_dir), *flags])
+
+
+# ------------------------------------------------------------------------------------------------ learning
+
+
+@pytest.fixture(scope="module")
+def trained(workdir, recipe, scenes) -> tuple[Path, dict]:
+    """40 steps of batch 8 on 32 scenes, evaluated on the 5 validation scenes at steps 0, 20 and 40."""
+    output_dir = workdir / "trained"
+    flags = ["--eval_strategy", "steps", "--eval_steps", "20", "--eval_on_start", "true"]
+    return output_dir, run_train(recipe, scenes, output_dir, *flags)
+
+
+def test_training_learns_well_above_chance(trained, scenes):
+    output_dir, results = trained
+    # Chance: the best constant prediction, scored on the same validation labels (classes renumbered 0..8).
+    lookup = np.full(256, 255, dtype=np.int64)
+    lookup[list(EVALUATED_LABEL_IDS)] = np.arange(len(EVALUATED_LABEL_IDS))
+    references = [lookup[np.asarray(PIL.Image.open(path))] for path in val_label_files(scenes)]
+    chance = max(
+        mean_iou([np.full_like(ids, c) for ids in references], references, num_labels=9, ignore_index=255)["mean_iou"]
+        for c in range(len(EVALUATED_LABEL_IDS))
+    )
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    evaluations = {entry["step"]: entry["eval_mean_iou"] for entry in state["log_history"] if "eval_mean_iou" in entry}
+    assert sorted(evaluations) == [0, 20, 40]
+    print(f"chance {chance:.3f}, mIoU by step {evaluations}")
+    assert results["eval_mean_iou"] == pytest.approx(evaluations[40])
+    assert results["eval_mean_iou"] > 3 * chance
+    assert results["eval_mean_iou"] > 3 * evaluations[0]  # the untrained model
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert np.mean(losses[-2:]) < 0.75 * losses[0]
+
+
+def test_training_outputs(trained, scenes):
+    output_dir, results = trained
+    # Every non-ignored validation pixel counted exactly once (5 scenes, eval batches of 2: the last holds one).
+    matrix = confusion_matrix(output_dir)
+    assert matrix.sum() == counted_pixels(val_label_files(scenes))
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(results["eval_overall_accuracy"])
+    table = (output_dir / "eval_iou_table.txt").read_text()
+    assert "| road" in table and "| mean" in table and "Acc" in table
+    assert (output_dir / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((output_dir / "eval_results.json").read_text())["eval_mean_iou"] == results["eval_mean_iou"]
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "preprocessor_config.json").is_file()
+    assert json.loads((output_dir / "config.json").read_text())["neck_channels"] == 16
+
+
+# ------------------------------------------------------------------------------------------------ two processes
+
+
+def test_torchrun_two_processes_count_like_one(workdir, recipe, trained, mixed_sizes, scenes):
+    """2 DDP training steps on two gloo processes from the trained model, then evaluation on 5 images of two sizes
+    (one per process at each step; a duplicated sample in the last batch); one process evaluating the saved model
+    gives the same confusion matrix, which counts every pixel of the 5 labels once."""
+    ddp_dir, single_dir = workdir / "ddp", workdir / "single"
+    flags = ["--dataset", "folder", "--model_name_or_path", str(trained[0]), "--per_device_eval_batch_size", "1"]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fpn_seg.train",
+        "--recipe", str(recipe), "--data_dir", str(mixed_sizes), "--output_dir", str(ddp_dir), *flags,
+        "--max_steps", "2", "--ddp_backend", "gloo", "--plot", "false",
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-5000:]
+    # Two processes of batch 8 for 2 steps over 32 training images: one epoch (one process would make half).
+    assert json.loads((ddp_dir / "train_results.json").read_text())["epoch"] == pytest.approx(1.0)
+
+    flags[flags.index(str(trained[0]))] = str(ddp_dir)
+    run_train(recipe, mixed_sizes, single_dir, *flags, "--eval_only", "true")
+    two_processes, one_process = confusion_matrix(ddp_dir), confusion_matrix(single_dir)
+    other_labels = val_label_files(workdir / "other_scenes")
+    assert one_process.sum() == counted_pixels(val_label_files(scenes)[:3] + other_labels)
+    np.testing.assert_array_equal(two_processes, one_process)
+    assert (one_process > 0).sum() > 9  # not a constant prediction
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_after_sigkill_gives_the_same_weights(workdir, recipe, scenes, monkeypatch):
+    flags = ["--max_steps", "30", "--per_device_train_batch_size", "4", "--max_eval_samples", "1", "--plot", "false"]
+    flags += ["--save_strategy", "steps", "--save_steps", "3"]  # 8 steps per epoch: killed and resumed mid-epoch
+    run_train(recipe, scenes, workdir / "uninterrupted", *flags)
+
+    killed_dir = workdir / "killed"
+    command = [sys.executable, "-m", "fpn_seg.train", "--recipe", str(recipe), "--data_dir", str(scenes)]
+    process = subprocess.Popen(
+        [*command, "--output_dir", str(killed_dir), *flags],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed_dir / "checkpoint-3" / "trainer_state.json").is_file():
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint-3 before the run ended"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed_dir / "model.safetensors").exists()  # killed before the end of training
+    resumed_from = Path(resolve_checkpoint("last", killed_dir))
+    assert 3 <= int(resumed_from.name.split("-")[1]) < 30
+
+    # The Trainer must unpickle optimizer, scheduler and RNG states with weights_only=True.
+    original_load, loads = torch.load, []
+
+    def recording_load(*args, **kwargs):
+        loads.append((Path(args[0]).name, kwargs.get("weights_only")))
+        return original_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    run_train(recipe, scenes, killed_dir, *flags, "--resume_from_checkpoint", "last")
+    monkeypatch.undo()
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {name for name, _ in loads}
+    assert all(weights_only is True for _, weights_only in loads), loads
+    print(f"killed after {resumed_from.name}; resumed, loading {loads}")
+
+    expected = load_file(workdir / "uninterrupted" / "model.safetensors")
+    resumed = load_file(killed_dir / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    different = [key for key in expected if not torch.equal(expected[key], resumed[key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    state = json.loads((killed_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 30
+
+
+def test_resume_checkpoint_resolution(tmp_path):
+    assert resolve_checkpoint(None, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        resolve_checkpoint("last", tmp_path)
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert resolve_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-4")  # checkpoint-6 is incomplete
+    with pytest.raises(ValueError, match=r"checkpoint-6: not a complete Trainer checkpoint \(no trainer_state.json"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="checkpoint-8: no such checkpoint folder"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-8"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+
+def test_recipe_values_and_command_line_overrides(recipe, tmp_path):
+    model_args, data_args, recipe_args, training_args = parse_arguments(
+        ["--recipe", str(recipe), "--learning_rate", "0.2", "--crop_size", "16", "24", "--output_dir", str(tmp_path)]
+    )
+    assert training_args.learning_rate == 0.2 and data_args.crop_size == [16, 24]  # flags beat the recipe
+    assert training_args.per_device_train_batch_size == 8 and training_args.max_steps == 40  # recipe beats defaults
+    assert training_args.weight_decay == 5e-4 and isinstance(training_args.weight_decay, float)
+    assert training_args.lr_scheduler_kwargs == {"lr_end": 0.0001, "power": 0.9}
+    assert model_args.preset == TINY_RECIPE["preset"] and recipe_args.momentum == 0.9
+    # Set whatever the recipe says.
+    assert training_args.remove_unused_columns is False and training_args.batch_eval_metrics is True
+    assert training_args.label_names == ["labels"]
+
+
+def test_recipe_with_an_unknown_key_names_key_and_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({**TINY_RECIPE, "learning_rat": 0.1, "max_step": 5}))
+    with pytest.raises(ValueError, match=rf"Recipe {path} has unknown keys: learning_rat, max_step\."):
+        parse_arguments(["--recipe", str(path)])
+    path.write_text(yaml.safe_dump({**TINY_RECIPE, "learning_rate": "fast"}))
+    with pytest.raises(ValueError, match=rf"Recipe {path}: learning_rate='fast' is not a valid value"):
+        parse_arguments(["--recipe", str(path)])
+    with pytest.raises(FileNotFoundError, match="neither a file nor a built-in recipe"):
+        parse_arguments(["--recipe", str(tmp_path / "missing.yaml")])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_builtin_recipes_follow_mmseg(name, tmp_path):
+    """One recipe per seed config: SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9 down to 1e-4, iterations, total batch
+    (4 processes), crop size."""
+    assert name in available_recipes()
+    preset = PRESETS[name]
+    arguments = parse_arguments(["--recipe", name, "--output_dir", str(tmp_path)])
+    model_args, data_args, recipe_args, training_args = arguments
+    assert model_args.preset == name and data_args.dataset == preset.dataset
+    assert tuple(data_args.crop_size) == preset.crop_size
+    assert training_args.max_steps == preset.max_iters
+    batch_per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    assert 4 * batch_per_step == preset.batch_size
+    assert (training_args.learning_rate, recipe_args.momentum, training_args.weight_decay) == (0.01, 0.9, 5e-4)
+    assert training_args.lr_scheduler_type == "polynomial" and training_args.warmup_steps == 0
+    assert training_args.lr_scheduler_kwargs == {"lr_end": 0.0001, "power": 0.9}
+    assert training_args.max_grad_norm == 0.0
+
+
+def test_labels_outside_the_classes_stop_before_training(workdir, recipe, scenes, tmp_path):
+    """Cityscapes label ids where the policy expects train ids: a clear error naming split and policy, no training."""
+    images = sorted((scenes / "leftImg8bit" / "train").rglob("*.png"))
+    labels = sorted((scenes / "gtFine" / "train").rglob("*_labelIds.png"))
+    raw = Dataset.from_dict({"image": list(map(str, images)), "label": list(map(str, labels))})
+    raw = raw.cast_column("image", Image()).cast_column("label", Image())
+    DatasetDict(train=raw, validation=raw.select(range(2))).save_to_disk(str(tmp_path / "label_ids"))
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError) as error:
+        run_train(recipe, tmp_path / "label_ids", output_dir, "--dataset", "folder")
+    message = str(error.value)
+    where = f"--dataset folder --data_dir {tmp_path / 'label_ids'}, split 'train'"
+    assert f"{where}, example 0 of the first batch" in message
+    assert "reduce_labels=False, no label_map, ignore_index=255, 19 classes" in message
+    assert "outside the 19 class ids" in message and "label ids given where train ids are expected" in message
+    assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+def test_mixed_sizes_need_eval_batch_size_one(recipe, mixed_sizes, tmp_path):
+    with pytest.raises(ValueError, match=r"split 'validation' has images of 2 sizes \(56x40, 64x32\).*batch_size 1"):
+        run_train(recipe, mixed_sizes, tmp_path, "--dataset", "folder", "--per_device_eval_batch_size", "2")
+
+
+def test_model_from_a_converted_imagenet_backbone(tmp_path):
+    config = ResNetV1cConfig(depth=18, stem_channels=8, base_channels=8)
+    weights = ResNetV1cBackbone(config).state_dict()
+    for value in weights.values():
+        if value.is_floating_point():
+            value.normal_()
+    torch.save(weights, tmp_path / "imagenet.pth")
+    convert_imagenet_backbone(tmp_path / "imagenet.pth", tmp_path / "backbone", depth=18)
+
+    args = ModelArguments(
+        preset="fpn_r50_512x512_160k_ade20k",
+        backbone_name_or_path=str(tmp_path / "backbone"),
+        config_overrides='{"neck_channels": 16, "head_channels": 8}',
+    )
+    model = build_model(args)
+    assert model.config.num_labels == 150 and model.config.reduce_labels and model.config.neck_channels == 16
+    loaded = model.backbone.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in weights.items())
+    with pytest.raises(ValueError, match="JSON object"):
+        build_model(ModelArguments(preset=args.preset, config_overrides="{neck: 16}"))
+    with pytest.raises(ValueError, match="not both"):
+        build_model(ModelArguments(model_name_or_path="x", backbone_name_or_path="y"))
+
+
+def test_sync_bn_needs_cuda_processes():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert convert_to_sync_batch_norm(model, world_size=1, device=torch.device("cpu")) is model
+    with pytest.raises(ValueError, match="--sync_bn needs CUDA devices with NCCL"):
+        convert_to_sync_batch_norm(model, world_size=2, device=torch.device("cpu"))
+    converted = convert_to_sync_batch_norm(model, world_size=2, device=torch.device("cuda"))
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm)
