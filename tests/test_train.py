@@ -20,14 +20,19 @@ import torch
 import yaml
 from datasets import Dataset, DatasetDict, Image, concatenate_datasets
 from safetensors.torch import load_file
+from transformers import TrainingArguments
 
 from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig
 from fpn_seg.configuration_semantic_fpn import PRESETS
 from fpn_seg.convert import convert_imagenet_backbone
-from fpn_seg.data import generate_street_scenes, load_cityscapes
+from fpn_seg.data import TrainTransform, collate_same_size, generate_street_scenes, load_cityscapes
+from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
 from fpn_seg.metrics import mean_iou
 from fpn_seg.train import (
+    AugmentedTrainDataset,
+    EpochShuffleSampler,
     ModelArguments,
+    SemanticFPNTrainer,
     available_recipes,
     build_model,
     convert_to_sync_batch_norm,
@@ -213,19 +218,22 @@ def test_resume_after_sigkill_gives_the_same_weights(workdir, recipe, scenes, mo
 
     killed_dir = workdir / "killed"
     command = [sys.executable, "-m", "fpn_seg.train", "--recipe", str(recipe), "--data_dir", str(scenes)]
-    process = subprocess.Popen(
-        [*command, "--output_dir", str(killed_dir), *flags],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while not (killed_dir / "checkpoint-3" / "trainer_state.json").is_file():
-            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint-3 before the run ended"
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
+    log = workdir / "killed.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [*command, "--output_dir", str(killed_dir), *flags],
+            stdout=log_file, stderr=subprocess.STDOUT, env=subprocess_env(),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while not (killed_dir / "checkpoint-3" / "trainer_state.json").is_file():  # written last
+                running = process.poll() is None and time.monotonic() < deadline
+                assert running, "no checkpoint-3 before the run ended:\n" + log.read_text()[-3000:]
+                time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()  # no-op once it is dead
+            process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (killed_dir / "model.safetensors").exists()  # killed before the end of training
     resumed_from = Path(resolve_checkpoint("last", killed_dir))
@@ -254,6 +262,41 @@ def test_resume_after_sigkill_gives_the_same_weights(workdir, recipe, scenes, mo
     assert state["global_step"] == 30
 
 
+def test_augmentation_depends_only_on_seed_epoch_and_index(scenes, tmp_path):
+    """What makes resumes exact: an example's crop is a function of (seed, epoch, index), not of RNG state, and the
+    Trainer's dataloader follows `set_epoch`."""
+    raw = load_cityscapes(scenes, splits=("train",), progress=False)["train"]
+    processor = SemanticFPNImageProcessor(scale=(SIZE[1], SIZE[0]))
+    dataset = AugmentedTrainDataset(raw, TrainTransform(processor, SIZE), seed=3)
+    first = dataset[(0, 5)]
+    torch.manual_seed(1234)
+    assert all(torch.equal(first[key], dataset[(0, 5)][key]) for key in first)
+    assert not torch.equal(first["pixel_values"], dataset[(1, 5)]["pixel_values"])
+
+    sampler = EpochShuffleSampler(len(dataset), seed=3)
+    orders = {}
+    for epoch in (0, 1, 0):
+        sampler.set_epoch(epoch)
+        keys = list(sampler)
+        assert {key[0] for key in keys} == {epoch} and sorted(key[1] for key in keys) == list(range(len(raw)))
+        assert orders.setdefault(epoch, keys) == keys
+    assert orders[0] != orders[1]
+
+    model_args = ModelArguments(
+        preset=TINY_RECIPE["preset"],
+        backbone_overrides=TINY_RECIPE["backbone_overrides"],
+        config_overrides=TINY_RECIPE["config_overrides"],
+    )
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to=[])
+    trainer = SemanticFPNTrainer(
+        model=build_model(model_args), args=args, train_dataset=dataset, data_collator=collate_same_size
+    )
+    loader = trainer.get_train_dataloader()
+    loader.set_epoch(1)  # as the Trainer does before each epoch
+    batch, expected = next(iter(loader)), collate_same_size([dataset[key] for key in orders[1][:4]])
+    assert all(torch.equal(batch[key], expected[key]) for key in ("pixel_values", "labels"))
+
+
 def test_resume_checkpoint_resolution(tmp_path):
     assert resolve_checkpoint(None, tmp_path) is None
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
@@ -272,7 +315,10 @@ def test_resume_checkpoint_resolution(tmp_path):
 # ------------------------------------------------------------------------------------------------ arguments
 
 
-def test_recipe_values_and_command_line_overrides(recipe, tmp_path):
+@pytest.mark.parametrize("language", ["yaml", "json"])
+def test_recipe_values_and_command_line_overrides(language, tmp_path):
+    recipe = tmp_path / f"tiny.{language}"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE) if language == "yaml" else json.dumps(TINY_RECIPE))
     model_args, data_args, recipe_args, training_args = parse_arguments(
         ["--recipe", str(recipe), "--learning_rate", "0.2", "--crop_size", "16", "24", "--output_dir", str(tmp_path)]
     )

@@ -34,6 +34,7 @@ DDP leaves each process with the statistics of its own last batch.
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import re
@@ -44,10 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.distributed as dist
 import yaml
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, Image
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
@@ -188,7 +190,9 @@ def read_recipe(recipe: str) -> dict[str, Any]:
 
 def _typed_recipe_values(parser: argparse.ArgumentParser, values: dict[str, Any], source: str) -> dict[str, Any]:
     """Recipe values converted as argparse converts flags (YAML reads `1e-4` as a string; flags' types apply)."""
-    actions = {action.dest: action for action in parser._actions}
+    actions = {}
+    for action in parser._actions:  # the first action of a field carries its type (`--no_<flag>` ones do not)
+        actions.setdefault(action.dest, action)
     typed = {}
     for key, value in values.items():
         convert = getattr(actions.get(key), "type", None)
@@ -341,11 +345,6 @@ def check_first_batch_labels(
 
 def _label_sizes(dataset: Dataset) -> set[tuple[int, int]]:
     """The (width, height) of every label image, read from the file headers (no decoding)."""
-    import io
-
-    import PIL.Image
-    from datasets import Image
-
     sizes = set()
     for item in dataset.cast_column("label", Image(decode=False))["label"]:
         source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
@@ -372,7 +371,8 @@ def check_eval_batch_size(dataset: Dataset, batch_size: int, where: str) -> None
 
 def example_seed(*values: int) -> int:
     """A 63-bit seed from integers, e.g. (data seed, epoch, example index), the same in every process and run."""
-    return int(np.random.SeedSequence([int(value) for value in values]).generate_state(1, np.uint64)[0] >> 1)
+    entropy = [int(value) & 0xFFFF_FFFF_FFFF_FFFF for value in values]  # SeedSequence takes non-negative ints
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
 @contextlib.contextmanager
@@ -450,6 +450,9 @@ class SemanticFPNTrainer(Trainer):
     """
 
     def __init__(self, *args, momentum: float = 0.9, **kwargs):
+        own_preprocessing = getattr(kwargs.get("compute_metrics"), "preprocess_logits_for_metrics", None)
+        if own_preprocessing is not None and kwargs.get("preprocess_logits_for_metrics") == own_preprocessing:
+            kwargs["preprocess_logits_for_metrics"] = None  # `prediction_step` applies it, before the padding
         training_args = kwargs["args"]
         optimizer = (
             torch.optim.SGD,
@@ -466,7 +469,7 @@ class SemanticFPNTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         to_class_ids = getattr(self.compute_metrics, "preprocess_logits_for_metrics", None)
-        if logits is None or labels is None or to_class_ids is None:
+        if logits is None or labels is None or to_class_ids is None or self.preprocess_logits_for_metrics is not None:
             return loss, logits, labels
         predictions = to_class_ids(logits, labels)  # (B, H, W) class ids at the labels' size
         for dim in (1, 2):  # same (H, W) on every process; padded pixels are ignored through the labels
