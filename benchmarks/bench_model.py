@@ -13,6 +13,7 @@ against the eager float32 baseline of the same configuration and run. See benchm
 import argparse
 import copy
 import json
+import os
 import platform
 import resource
 import statistics
@@ -74,13 +75,13 @@ def cpu_description() -> dict:
     except OSError:
         pass
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-    return {"model": name, "isa_flags": [flag for flag in wanted if flag in flags], "logical_cpus": torch.get_num_threads()}
+    return {"model": name, "isa_flags": [flag for flag in wanted if flag in flags], "logical_cpus": os.cpu_count()}
 
 
-def randomised_model(depth: int, preset_of_depth: dict[int, str] = PRESET_OF_DEPTH) -> SemanticFPNForSemanticSegmentation:
+def randomised_model(depth: int) -> SemanticFPNForSemanticSegmentation:
     """The full-size architecture with random weights and random BatchNorm statistics (so folding is not a no-op)."""
     torch.manual_seed(0)
-    model = SemanticFPNForSemanticSegmentation(SemanticFPNConfig.from_preset(preset_of_depth[depth]))
+    model = SemanticFPNForSemanticSegmentation(SemanticFPNConfig.from_preset(PRESET_OF_DEPTH[depth]))
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -105,20 +106,21 @@ def timed(function: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of a square `torch.mm` of `size` in `dtype`, from the median wall and median CPU time of `repeats`
-    calls after a warm-up (CPU time: per thread, so divided by the thread count)."""
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 7) -> dict[str, float]:
+    """Peak GFLOP/s of a square `torch.mm` of `size` in `dtype`: the fastest of `repeats` calls after a warm-up, by
+    wall and by CPU time (per thread). The best call rather than the median, so that a busy moment does not lower
+    the rate and flatter the model's fraction of it."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     torch.mm(a, b)
     times = [timed(lambda: torch.mm(a, b)) for _ in range(repeats)]
     flop = 2 * size**3
-    wall = statistics.median(t[0] for t in times)
-    cpu = statistics.median(t[1] for t in times) / torch.get_num_threads()
+    wall = min(t[0] for t in times)
+    cpu = min(t[1] for t in times) / torch.get_num_threads()
     return {"wall": flop / wall / 1e9, "cpu": flop / cpu / 1e9}
 
 
 def matmul_rates(quick: bool) -> dict[str, dict[str, float]]:
-    repeats = 3 if quick else 5
+    repeats = 4 if quick else 7
     return {"fp32": matmul_rate(torch.float32, repeats=repeats), "bf16": matmul_rate(torch.bfloat16, repeats=repeats)}
 
 
@@ -153,6 +155,7 @@ class ForwardResult:
     matmul_fraction: float  # achieved GFLOP/s over the same-dtype matmul rate of this thread count (wall)
     cpu_matmul_fraction: float  # the same from CPU times (both rates)
     max_abs_diff: float  # |logits - baseline logits|, max
+    max_abs_logit: float  # |baseline logits|, max: the scale max_abs_diff is relative to
     argmax_agreement: float
     setup_s: float  # building the variant (and compiling, for compiled variants: first call included)
     times_s: list[float] = field(default_factory=list)
@@ -212,6 +215,7 @@ def bench_forward_config(model, variants, threads, depth, size, batch, repeats, 
                 matmul_fraction=flops / median / 1e9 / rate["wall"],
                 cpu_matmul_fraction=flops / cpu_median / 1e9 / rate["cpu"],
                 max_abs_diff=(outputs[name] - outputs[variants[0]]).abs().max().item(),
+                max_abs_logit=outputs[variants[0]].abs().max().item(),
                 argmax_agreement=prediction_agreement(outputs[name], outputs[variants[0]]),
                 setup_s=setup[name],
                 times_s=wall[name],
@@ -223,13 +227,14 @@ def bench_forward_config(model, variants, threads, depth, size, batch, repeats, 
 
 def bench_forward(args, threads: int, rates: dict[str, float]) -> list[ForwardResult]:
     results = []
-    for depth_index, depth in enumerate(args.depths):
+    depths = args.depths if threads == 1 else (args.multi_thread_depths or args.depths[:1])
+    for depth_index, depth in enumerate(depths):
         model = randomised_model(depth)
         for size_index, size in enumerate(args.sizes):
             for batch in args.batches:
                 primary = depth_index == 0 and size_index == 0 and batch == args.batches[0]
                 variants = list(args.variants if primary else args.core_variants)
-                if args.compile and primary:
+                if args.compile and primary and threads == 1:
                     variants += [name for name in ("compiled", "bf16+compiled") if name not in variants]
                 repeats = args.repeats if batch == 1 else max(2, args.repeats - 1)
                 config_results = bench_forward_config(model, variants, threads, depth, size, batch, repeats, rates)
@@ -247,11 +252,12 @@ def print_forward(results: list[ForwardResult]) -> None:
         f"per forward ({first.gflop / first.batch:.1f} per image)"
     )
     header = ["variant", "median s", "CPU s", "img/s", "speedup", "CPU speedup", "GFLOP/s", "of matmul"]
-    header += ["CPU of matmul", "max|diff|", "argmax agree", "note"]
+    header += ["CPU of matmul", "max|diff|", "rel. diff", "argmax agree", "note"]
     rows = [
         [r.variant, f"{r.median_s:.3f}", f"{r.cpu_median_s:.3f}", f"{r.images_per_s:.2f}", f"{r.speedup:.2f}x"]
         + [f"{r.cpu_speedup:.2f}x", f"{r.gflop_per_s:.0f}", f"{100 * r.matmul_fraction:.0f}%"]
-        + [f"{100 * r.cpu_matmul_fraction:.0f}%", f"{r.max_abs_diff:.1e}", f"{100 * r.argmax_agreement:.2f}%"]
+        + [f"{100 * r.cpu_matmul_fraction:.0f}%", f"{r.max_abs_diff:.1e}"]
+        + [f"{r.max_abs_diff / r.max_abs_logit:.0e}", f"{100 * r.argmax_agreement:.2f}%"]
         + [f"setup {r.setup_s:.0f} s" if "compiled" in r.variant else ""]
         for r in results
     ]
@@ -260,7 +266,13 @@ def print_forward(results: list[ForwardResult]) -> None:
 
 # ----------------------------------------------------------------------------------------------------- training
 
-TRAIN_VARIANTS = {"fp32": (False, False), "fp32+channels_last": (True, False), "bf16": (False, True), "bf16+channels_last": (True, True)}
+# name -> (channels_last, bf16 autocast)
+TRAIN_VARIANTS = {
+    "fp32": (False, False),
+    "fp32+channels_last": (True, False),
+    "bf16": (False, True),
+    "bf16+channels_last": (True, True),
+}
 
 
 def _rss_bytes() -> int:
@@ -273,25 +285,27 @@ def train_worker(args) -> None:
     torch.set_num_threads(args.threads)
     channels_last, bf16 = TRAIN_VARIANTS[args.variant]
     torch.manual_seed(0)
-    model = SemanticFPNForSemanticSegmentation(SemanticFPNConfig.from_preset(TRAIN_PRESET_OF_DEPTH[args.depth])).train()
-    pixel_values = torch.randn(args.batch, 3, args.crop, args.crop)
-    labels = torch.randint(0, model.config.num_labels, (args.batch, args.crop, args.crop))
+    config = SemanticFPNConfig.from_preset(TRAIN_PRESET_OF_DEPTH[args.depth])
+    model = SemanticFPNForSemanticSegmentation(config).train()
+    pixel_values = torch.randn(args.train_batch, 3, args.crop, args.crop)
+    labels = torch.randint(0, config.num_labels, (args.train_batch, args.crop, args.crop))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    rss_before = _rss_bytes()
-    times = []
-    for _ in range(args.steps + 1):  # the first step is the warm-up (it also creates the momentum buffers)
-        start = time.perf_counter()
+
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with bf16_autocast("cpu", enabled=bf16):
             loss = model(pixel_values=pixel_values, labels=labels).loss
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
+
+    rss_before = _rss_bytes()
+    times = [timed(step) for _ in range(args.train_steps + 1)][1:]  # the first step (warm-up) creates the momenta
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"times_s": times[1:], "rss_before_steps": rss_before, "peak_rss": peak, "loss": loss.item()}))
+    report = {"times_s": [t[0] for t in times], "cpu_times_s": [t[1] / args.threads for t in times]}
+    print(json.dumps({**report, "rss_before_steps": rss_before, "peak_rss": peak}))
 
 
 @dataclass
@@ -302,25 +316,33 @@ class TrainResult:
     batch: int
     variant: str
     median_s: float
+    cpu_median_s: float
     speedup: float
+    cpu_speedup: float
     images_per_s: float
-    peak_rss_mib: float
+    peak_rss_mib: float  # the worker process's maximum resident set size
     step_memory_mib: float  # peak RSS minus RSS after building model, data and optimizer
     times_s: list[float]
+    cpu_times_s: list[float]
+
+
+def run_train_worker(args, threads: int, depth: int, variant: str) -> dict:
+    command = [sys.executable, __file__, "_train-worker", "--variant", variant, "--depth", str(depth)]
+    command += ["--threads", str(threads), "--train-steps", str(args.train_steps), "--crop", str(args.crop)]
+    command += ["--train-batch", str(args.train_batch)]
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"training worker {variant} failed:\n{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def bench_train(args, threads: int) -> list[TrainResult]:
     results = []
     for depth in args.train_depths:
-        for variant in args.train_variants:
-            command = [sys.executable, __file__, "_train-worker", "--variant", variant, "--depth", str(depth)]
-            command += ["--threads", str(threads), "--steps", str(args.train_steps), "--crop", str(args.crop)]
-            command += ["--batch", str(args.train_batch)]
-            completed = subprocess.run(command, capture_output=True, text=True)
-            if completed.returncode != 0:
-                raise RuntimeError(f"training worker {variant} failed:\n{completed.stderr[-3000:]}")
-            report = json.loads(completed.stdout.strip().splitlines()[-1])
-            median = statistics.median(report["times_s"])
+        reports = {variant: run_train_worker(args, threads, depth, variant) for variant in args.train_variants}
+        baseline = reports[args.train_variants[0]]
+        for variant, report in reports.items():
+            median, cpu_median = statistics.median(report["times_s"]), statistics.median(report["cpu_times_s"])
             results.append(
                 TrainResult(
                     threads=threads,
@@ -329,28 +351,28 @@ def bench_train(args, threads: int) -> list[TrainResult]:
                     batch=args.train_batch,
                     variant=variant,
                     median_s=median,
-                    speedup=0.0,
+                    cpu_median_s=cpu_median,
+                    speedup=statistics.median(baseline["times_s"]) / median,
+                    cpu_speedup=statistics.median(baseline["cpu_times_s"]) / cpu_median,
                     images_per_s=args.train_batch / median,
                     peak_rss_mib=report["peak_rss"] / 2**20,
                     step_memory_mib=(report["peak_rss"] - report["rss_before_steps"]) / 2**20,
                     times_s=report["times_s"],
+                    cpu_times_s=report["cpu_times_s"],
                 )
             )
-    for result in results:
-        baseline = next(r for r in results if r.depth == result.depth and r.variant == args.train_variants[0])
-        result.speedup = baseline.median_s / result.median_s
-    header = ["model", "variant", "median s/step", "img/s", "speedup", "peak RSS MiB", "step memory MiB"]
+    header = ["model", "variant", "median s/step", "CPU s/step", "img/s", "speedup", "CPU speedup"]
+    header += ["peak RSS MiB", "step memory MiB"]
     rows = [
-        [f"R-{r.depth}", r.variant, f"{r.median_s:.2f}", f"{r.images_per_s:.2f}", f"{r.speedup:.2f}x"]
-        + [f"{r.peak_rss_mib:.0f}", f"{r.step_memory_mib:.0f}"]
+        [f"R-{r.depth}", r.variant, f"{r.median_s:.2f}", f"{r.cpu_median_s:.2f}", f"{r.images_per_s:.2f}"]
+        + [f"{r.speedup:.2f}x", f"{r.cpu_speedup:.2f}x", f"{r.peak_rss_mib:.0f}", f"{r.step_memory_mib:.0f}"]
         for r in results
     ]
-    print_table(
+    title = (
         f"Training step (forward + backward + SGD), crop {args.crop}x{args.crop}, batch {args.train_batch}, "
-        f"{threads} thread(s), ADE20K head (150 classes)",
-        header,
-        rows,
+        f"{threads} thread(s), ADE20K head (150 classes), median of {args.train_steps} steps after a warm-up step"
     )
+    print_table(title, header, rows)
     return results
 
 
@@ -359,7 +381,8 @@ def bench_train(args, threads: int) -> list[TrainResult]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="all", choices=["all", "forward", "train", "matmul", "_train-worker"])
+    commands = ["all", "forward", "train", "matmul", "_train-worker"]
+    parser.add_argument("command", nargs="?", default="all", choices=commands, help="what to run (default all)")
     parser.add_argument("--quick", action="store_true", help="R-50 at 512x512 only, 2 repeats, 1 thread")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to run (default 1 2)")
     parser.add_argument("--depths", type=int, nargs="+", default=[50, 101], choices=[50, 101])
@@ -371,11 +394,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="variants of the first configuration (first depth, size and batch); the first is the baseline",
     )  # fmt: skip
     parser.add_argument("--core-variants", nargs="+", default=CORE_VARIANTS, choices=list(VARIANTS))
-    parser.add_argument("--compile", action="store_true", help="add the torch.compile variants to the first config")
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="add the torch.compile variants to the first configuration at 1 thread (default: on, off with --quick)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--multi-thread-depths", type=int, nargs="+", choices=[50, 101],
+        help="depths timed at more than one thread (default: the first of --depths; keeps the full run short)",
+    )  # fmt: skip
+    parser.add_argument("--train-threads", type=int, nargs="+", default=[1], help="thread counts of the train step")
     parser.add_argument("--train-depths", type=int, nargs="+", default=[50], choices=[50, 101])
     parser.add_argument("--train-variants", nargs="+", default=list(TRAIN_VARIANTS), choices=list(TRAIN_VARIANTS))
     parser.add_argument("--train-steps", type=int, default=3)
-    parser.add_argument("--train-batch", "--batch", dest="train_batch", type=int, default=2)
+    parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--output", help="write every figure as JSON to this path")
     # _train-worker only
@@ -384,7 +415,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.threads, args.depths, args.sizes, args.batches = [1], [50], [(512, 512)], [1]
-        args.repeats, args.train_steps = 2, 2
+        args.repeats, args.train_steps, args.train_variants = 2, 2, ["fp32", "bf16"]
+    if args.compile is None:
+        args.compile = not args.quick
     return args
 
 
@@ -409,7 +442,7 @@ def main(argv=None) -> None:
         print(f"\n=== {threads} thread(s) (torch.get_num_threads() = {torch.get_num_threads()}) ===")
         if args.command in ("all", "forward"):
             section["forward"] = [asdict(r) for r in bench_forward(args, threads, rates_before)]
-        if args.command in ("all", "train"):
+        if args.command in ("all", "train") and threads in args.train_threads:
             section["train"] = [asdict(r) for r in bench_train(args, threads)]
         rates_after = matmul_rates(args.quick) if args.command != "matmul" else rates_before
         section["matmul_gflop_per_s"] = {"before": rates_before, "after": rates_after}

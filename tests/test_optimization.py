@@ -13,8 +13,10 @@ from fpn_seg import SemanticFPNForSemanticSegmentation
 from fpn_seg.mmseg_state_dict import convert_mmseg_state_dict
 from fpn_seg.modeling_resnet_v1c import fold_batch_norm_into_conv
 from fpn_seg.optimization import (
+    FrozenCompiledModel,
     OneDNNConv2d,
     bf16_autocast,
+    compile_for_inference,
     optimize_for_inference,
     prediction_agreement,
     use_onednn_convs,
@@ -151,6 +153,41 @@ def test_optimize_for_inference_rejects_bad_input():
         optimize_for_inference("not a model")
     with pytest.raises(TypeError, match="no fold_batch_norm"):
         optimize_for_inference(nn.Sequential(nn.Conv2d(3, 3, 1)))
+
+
+class ResidualConvBlock(nn.Module):
+    """conv -> BN -> ReLU, conv -> BN, + shortcut, ReLU, x2 bilinear upsample: the model's patterns, small enough to
+    compile in seconds (the full tiny model takes about a minute on two cores: the benchmark checks its logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+        self.label = "kept"
+
+    def forward(self, hidden_states):
+        shortcut = hidden_states
+        hidden_states = torch.relu(self.bn1(self.conv1(hidden_states)))
+        hidden_states = torch.relu(self.bn2(self.conv2(hidden_states)) + shortcut)
+        return nn.functional.interpolate(hidden_states, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit use inside inductor
+def test_compiled_model_freezes_fuses_and_matches_eager(one_thread):
+    block = randomise_batch_norms(ResidualConvBlock()).eval()
+    hidden_states = torch.randn(1, 8, 12, 10).contiguous(memory_format=torch.channels_last)
+    compiled = compile_for_inference(block.to(memory_format=torch.channels_last))
+    assert isinstance(compiled, FrozenCompiledModel) and compiled.label == "kept"  # attributes of the model
+
+    with torch.inference_mode():
+        expected = block(hidden_states)
+        torch.testing.assert_close(compiled(hidden_states), expected, rtol=1e-5, atol=1e-5)
+        with torch.profiler.profile() as profile:
+            compiled(hidden_states)
+    ops = {event.key for event in profile.key_averages()}
+    # Freezing took effect: the BatchNorms were folded and the convs became fused oneDNN calls.
+    assert any(op.startswith("mkldnn::_convolution_pointwise") for op in ops), ops
+    assert not any("batch_norm" in op for op in ops), ops
 
 
 # ----------------------------------------------------------------------------------------------------- bfloat16

@@ -64,19 +64,39 @@ def use_onednn_convs(model: nn.Module) -> nn.Module:
     return model
 
 
-def _compile_with_freezing(gm: torch.fx.GraphModule, example_inputs):
-    """Inductor with `freezing=True` for this compilation only (`torch.compile(options=...)` does not pass it on)."""
-    from torch._inductor import config as inductor_config
-    from torch._inductor.compile_fx import compile_fx
+class FrozenCompiledModel(nn.Module):
+    """`torch.compile` (inductor) of an eval-mode model with inductor's freezing: weights become constants, BatchNorms
+    fold, oneDNN conv weights are prepacked and ReLUs / residual adds are fused into the convs.
 
-    with inductor_config.patch(freezing=True):
-        return compile_fx(gm, example_inputs)
+    Freezing is a global inductor setting that must be on while dynamo traces (the first call for each input shape),
+    which `torch.compile(options=...)` does not achieve, so every call runs under `torch.no_grad()` and
+    `inductor_config.patch(freezing=True)`. Frozen weights are copied at compile time: changing the model's weights
+    afterwards does not affect the compiled calls. Other attributes (e.g. `config`) are read from the wrapped model.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        object.__setattr__(self, "_compiled", torch.compile(model))  # not a submodule: `model` holds the weights
+
+    def forward(self, *args, **kwargs):
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(freezing=True), torch.no_grad():
+            return self._compiled(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
 
 
-def compile_for_inference(model: nn.Module) -> nn.Module:
-    """`torch.compile(model)` with inductor and freezing. Call the result under `torch.inference_mode()` or
-    `torch.no_grad()`: only then are the weights frozen (and the result stale if the weights change afterwards)."""
-    return torch.compile(model, backend=_compile_with_freezing)
+def compile_for_inference(model: nn.Module) -> FrozenCompiledModel:
+    """[`FrozenCompiledModel`] of `model` (compiled on the first call for each input shape)."""
+    return FrozenCompiledModel(model.eval())
 
 
 def optimize_for_inference(
@@ -92,7 +112,8 @@ def optimize_for_inference(
     The copy is in eval mode and cannot be trained; feed it `pixel_values` as usual (any memory format; they need not
     be channels_last) under `torch.inference_mode()`. Its logits come back in the model's memory format: call
     `.contiguous()` on them if a consumer needs NCHW strides. With `compile=True` the result is a
-    `torch.compile`d module (see [`compile_for_inference`]), compiled on its first call for each input shape.
+    [`FrozenCompiledModel`], compiled on its first call for each input shape (`onednn_convs` is then moot: inductor
+    picks oneDNN itself).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference: model must be an nn.Module, got {type(model).__name__}.")
@@ -115,7 +136,7 @@ def optimize_for_inference(
 
 
 def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
-    """Whether `device` has native bfloat16 matrix units (CPU: AVX512-BF16 or AMX, as oneDNN reports; CUDA: Ampere+)."""
+    """Whether `device` has native bfloat16 arithmetic (CPU: AVX512-BF16 or AMX, as oneDNN reports; CUDA: Ampere+)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -149,6 +170,7 @@ def prediction_agreement(logits: torch.Tensor, reference_logits: torch.Tensor) -
 
 
 __all__ = [
+    "FrozenCompiledModel",
     "OneDNNConv2d",
     "bf16_autocast",
     "bf16_is_fast",
