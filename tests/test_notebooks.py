@@ -5,6 +5,7 @@ convention), and the kernel runs in a temporary folder, so nothing is written ne
 """
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -68,10 +69,8 @@ def run_notebook(name: str, parameters: dict, workdir: Path) -> nbformat.Noteboo
         resources={"metadata": {"path": str(run_dir)}},
     )
     # One intra-op thread: the machine's cores are shared with the rest of the suite.
-    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    import os
-
-    client.execute(cleanup_kc=True, env={**os.environ, **env})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    client.execute(cleanup_kc=True, env=env)
     return notebook
 
 
@@ -105,8 +104,7 @@ def test_committed_notebooks_have_no_outputs():
         assert all(not cell.outputs and cell.execution_count is None for cell in code_cells), path.name
 
 
-@pytest.mark.parametrize("demo_model", ["missing"])
-def test_inference_notebook(tmp_path, demo_model):
+def test_inference_notebook(tmp_path):
     parameters = {
         "REFERENCE_CHECKPOINT": str(FIXTURES / "fpn_r50_c19_97x130_w16_b2.pth"),
         "DEMO_MODEL_DIR": str(tmp_path / "no_demo_model"),
