@@ -23,10 +23,11 @@
 **Randomness.** Each example gets its own `torch.Generator`, seeded from a per-call base and the example's position
 in the batch, so an example's augmentation never depends on its neighbours. The per-call base is:
 
-- `seed=None` (recommended with the `Trainer`): drawn from torch's global RNG. The `Trainer` seeds that from
-  `TrainingArguments.seed` and restores it from checkpoints, so runs are reproducible and resume exactly
-  (`dataloader_num_workers=0`); in DataLoader workers it is the worker's RNG, which torch seeds differently per worker
-  and per epoch from the main process's RNG.
+- `seed=None`: drawn from torch's global RNG, which the `Trainer` seeds from `TrainingArguments.seed`: runs are
+  reproducible, but a resumed run does not replay the same augmentations (the `Trainer` restores its RNG state only
+  after the dataloader has prefetched a batch). In DataLoader workers it is the worker's RNG, which torch seeds
+  differently per worker and per epoch from the main process's RNG. `fpn_seg.train` does not use this path: it seeds
+  each example from (data seed, epoch, index), which resumes exactly.
 - `seed=<int>`: a private stream `hash(seed, worker seed, call number)`; the worker seed is
   `torch.utils.data.get_worker_info().seed` inside a DataLoader worker (so workers differ) and 0 outside. Two
   transforms with the same seed give identical outputs for the same sequence of calls, independent of global RNG
