@@ -1,11 +1,18 @@
-"""Semantic FPN configuration, the label policy every other part reads, and the presets of the four seed models.
+"""Semantic FPN configuration, the label policy every other part reads, the presets of the four seed models, and
+the atomic folder save that the model's and the processor's `save_pretrained` share.
 
 Hub code: imported by the modeling and image-processing files and copied by `save_pretrained` for
 `trust_remote_code`; it imports only its sibling hub files.
 """
 
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 from transformers import PreTrainedConfig
@@ -81,6 +88,95 @@ def encode_labels(
         labels = labels - 1
         labels[(labels == -1) | ignored] = ignore_index
     return labels
+
+
+# ------------------------------------------------------------------------------------------------ atomic saving
+
+# Weight files of an earlier model save, any variant, sharded or not: a new save retires them with its own files.
+WEIGHT_FILE_NAME = re.compile(
+    r"(model|pytorch_model|adapter_model|tf_model|flax_model)([.-][\w.-]+)?"
+    r"\.(safetensors|bin|h5|msgpack)(\.index\.json)?"
+)
+
+
+def save_folder_atomically(
+    save: Callable[[str], Any],
+    save_directory: str | os.PathLike,
+    commit_file: str,
+    retire: re.Pattern | None = None,
+) -> Any:
+    """Run `save(folder)` into a fresh hidden sibling of `save_directory`, then move its files in, `commit_file` last.
+
+    `commit_file` is the file without which the folder does not load (`config.json` for a model,
+    `preprocessor_config.json` for a processor). Steps, and what a crash (or `kill -9`) at each step leaves:
+
+    1. `save` writes into `.<name>.saving-<random>` next to the folder. Killed here: the folder is untouched; the
+       hidden folder stays behind and can be deleted.
+    2. The folder's `commit_file`, then each file the new save replaces (same name, or matching `retire`: weight files
+       of an earlier save), move into `.<name>.previous-<random>`. From here until the end of step 3 the folder has
+       no `commit_file`, so loading it fails with a missing-file error instead of loading a mix; the previous files
+       are all in the `.previous` folder (move them back to restore the previous save).
+    3. The new files move in (each `os.replace` is atomic on one file system), `commit_file` last.
+    4. The hidden folders are removed.
+
+    Other files of the folder (a processor's or a model's files, README.md, Trainer checkpoints...) are left alone.
+    Returns what `save` returned.
+    """
+    target = Path(save_directory).absolute()
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"save_pretrained: {target} is a file; expected a folder (created when missing).")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = _hidden_sibling(target, "saving")
+    try:
+        result = save(str(staging))
+        new_names = sorted(path.name for path in staging.iterdir())
+        if commit_file not in new_names:
+            raise RuntimeError(f"save_pretrained wrote no {commit_file} (wrote {new_names}); nothing was replaced.")
+        target.mkdir(exist_ok=True)
+        _move_in(staging, target, new_names, commit_file, retire)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _hidden_sibling(target: Path, role: str) -> Path:
+    """A new empty folder `.<name>.<role>-<random>` next to `target`, with the permissions of an ordinary folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.{role}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)  # mkdtemp makes a private (0700) folder
+    return folder
+
+
+def _move_in(staging: Path, target: Path, new_names: list[str], commit_file: str, retire: re.Pattern | None) -> None:
+    """Steps 2 to 4 of `save_folder_atomically`: retire the replaced files, move the new ones in, commit last."""
+    replaced = [
+        name
+        for name in sorted({commit_file, *new_names}, key=lambda name: name != commit_file)  # commit_file first
+        if (target / name).exists()
+    ]
+    replaced += sorted(
+        path.name
+        for path in target.iterdir()
+        if retire is not None and path.name not in replaced and path.is_file() and retire.fullmatch(path.name)
+    )
+    previous = _hidden_sibling(target, "previous") if replaced else None
+    moved_in: list[str] = []
+    try:
+        for name in replaced:
+            os.replace(target / name, previous / name)
+        for name in [name for name in new_names if name != commit_file] + [commit_file]:
+            os.replace(staging / name, target / name)
+            moved_in.append(name)
+    except BaseException:  # an error (not a kill) in the middle: put the previous save back
+        for name in moved_in:
+            (target / name).unlink()
+        for name in reversed(replaced):  # commit_file last
+            if (previous / name).exists():
+                os.replace(previous / name, target / name)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 class SemanticFPNConfig(PreTrainedConfig):
@@ -205,4 +301,12 @@ class SemanticFPNConfig(PreTrainedConfig):
         )
 
 
-__all__ = ["PRESETS", "SemanticFPNConfig", "SemanticFPNPreset", "encode_labels", "get_preset"]
+__all__ = [
+    "PRESETS",
+    "WEIGHT_FILE_NAME",
+    "SemanticFPNConfig",
+    "SemanticFPNPreset",
+    "encode_labels",
+    "get_preset",
+    "save_folder_atomically",
+]

@@ -24,11 +24,9 @@ import json
 import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -38,6 +36,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from . import atomic
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import PRESETS, SemanticFPNConfig, SemanticFPNPreset, get_preset
 from .label_sets import DATASET_CLASSES
@@ -498,43 +497,14 @@ def verify_converted(folder: str | os.PathLike, reference: str | os.PathLike) ->
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
     """Refuse an existing non-empty `output_dir` unless `overwrite` (and anything that is not a folder)."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputExistsError(f"--output-dir {output_dir}: exists and is not a folder.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"--output-dir {output_dir}: the folder exists and is not empty; pass --overwrite (overwrite=True) to "
-            "replace it, or choose another folder."
-        )
+    atomic.check_output_dir(output_dir, overwrite, refuse=OutputExistsError)
 
 
-@contextmanager
-def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling folder to write into; on success it replaces `output_dir` in one rename, on any
-    error it is removed (with the parent folders this call created), so a failed conversion leaves nothing."""
-    output_dir = Path(output_dir).absolute()
-    check_output_dir(output_dir, overwrite)
-    created = [parent for parent in reversed(output_dir.parents) if not parent.exists()]
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700); the result should be an ordinary folder
-    try:
-        yield staging
-        check_output_dir(output_dir, overwrite)
-        if output_dir.is_dir() and any(output_dir.iterdir()):
-            retired = staging.with_suffix(".old")
-            output_dir.rename(retired)
-            staging.rename(output_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output_dir)  # also replaces an empty folder
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for parent in reversed(created):
-            if parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
-        raise
+def atomic_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> ContextManager[Path]:
+    """Yield a temporary sibling folder to write into; on success it replaces `output_dir` by renames, on any
+    error it is removed (with the parent folders this call created), so a failed conversion leaves nothing
+    (see `fpn_seg.atomic.atomic_output_dir`)."""
+    return atomic.atomic_output_dir(output_dir, overwrite, refuse=OutputExistsError)
 
 
 # ---------------------------------------------------------------------------------------------------- cards

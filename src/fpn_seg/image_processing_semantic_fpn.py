@@ -20,28 +20,50 @@ from typing import Any, TypedDict
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.nn import functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
-from .configuration_semantic_fpn import encode_labels, get_preset
+from .configuration_semantic_fpn import encode_labels, get_preset, save_folder_atomically
 
 
 _EXIF_ORIENTATION = 0x0112
 _COLOUR_LABEL_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
 _INDEX_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
+_PROCESSOR_FILE = "preprocessor_config.json"
+# `save_pretrained` keyword arguments that go to `push_to_hub`.
+_PUSH_TO_HUB_OPTIONS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
 
 
 # ------------------------------------------------------------------------------------------------ input conversion
 
 
 def _open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully read an image file (the file handle is closed on return)."""
+    """Open and fully read an image file (the file handle is closed on return).
+
+    Errors name the file: `FileNotFoundError` (no file), `UnidentifiedImageError` (not an image: empty, text...),
+    `OSError` (truncated or corrupt data), `ValueError` (more pixels than Pillow's decompression-bomb limit, which is
+    `2 * PIL.Image.MAX_IMAGE_PIXELS`; above `MAX_IMAGE_PIXELS` Pillow only warns).
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"No image file at {str(path)!r}.")
-    with Image.open(path) as image:
-        image.load()
-        return image
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except UnidentifiedImageError:
+        size = Path(path).stat().st_size
+        raise UnidentifiedImageError(
+            f"{str(path)!r} is not an image file Pillow can read ({'empty file' if size == 0 else f'{size} bytes'})."
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"Image file {str(path)!r} refused by Pillow's decompression-bomb limit: {error} The limit is "
+            "2 * PIL.Image.MAX_IMAGE_PIXELS; raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) to read larger "
+            "images you trust."
+        ) from None
+    except (OSError, SyntaxError) as error:  # truncated data, broken chunks or headers
+        raise OSError(f"Cannot read image file {str(path)!r} (truncated or corrupt): {error}") from error
 
 
 def _exif_upright(image: Image.Image) -> Image.Image:
@@ -358,6 +380,17 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         processor.__dict__.update(overrides)
         processor._standardize_options()
         return processor
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """As `ImageProcessingMixin.save_pretrained`, but atomic (see `save_folder_atomically`): the files are written
+        to a hidden sibling folder and moved in with `preprocessor_config.json` last; other files are kept. With
+        `push_to_hub=True` the processor is then uploaded with `push_to_hub` (`repo_id` defaults to the folder name)."""
+        hub_options = {name: kwargs.pop(name) for name in _PUSH_TO_HUB_OPTIONS if name in kwargs}
+        save_folder = super().save_pretrained
+        save_folder_atomically(lambda folder: save_folder(folder, **kwargs), save_directory, _PROCESSOR_FILE)
+        if push_to_hub:
+            self.push_to_hub(hub_options.pop("repo_id", Path(save_directory).absolute().name), **hub_options)
+        return [str(Path(save_directory) / _PROCESSOR_FILE)]
 
     # ------------------------------------------------------------------------------------------ building blocks
 

@@ -5,6 +5,10 @@ Hub code: imports only sibling hub files, so a saved folder loads with `trust_re
 
 import copy
 import math
+import os
+import pickle
+import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,7 +19,7 @@ from transformers.backbone_utils import load_backbone
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_resnet_v1c import ResNetV1cConfig
-from .configuration_semantic_fpn import SemanticFPNConfig
+from .configuration_semantic_fpn import WEIGHT_FILE_NAME, SemanticFPNConfig, save_folder_atomically
 from .modeling_resnet_v1c import ResNetV1cBackbone, fold_batch_norm_into_conv
 
 
@@ -92,19 +96,53 @@ class SemanticFPNHead(nn.Module):
 
 
 def check_label_values(labels: torch.Tensor, config: SemanticFPNConfig) -> None:
-    """Raise a `ValueError` naming the likely cause when `labels` hold values other than class ids and ignore_index."""
+    """Raise a `ValueError` naming the likely cause when `labels` hold values other than class ids and ignore_index
+    (or fractional values, as a label map resized with bilinear interpolation has)."""
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError(
+            "labels hold fractional values; expected class ids. Label maps must be resized with nearest-neighbour "
+            "interpolation (SemanticFPNImageProcessor and the fpn_seg.data transforms do), never bilinear."
+        )
     valid = labels[labels != config.ignore_index]
     if valid.numel() == 0 or (int(valid.min()) >= 0 and int(valid.max()) < config.num_labels):
         return
     bad = sorted(torch.unique(valid[(valid < 0) | (valid >= config.num_labels)]).tolist())
-    shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+    shown = ", ".join(str(int(value)) for value in bad[:10]) + (" ..." if len(bad) > 10 else "")
+    causes = []
+    if bad[0] < 0:
+        causes.append(
+            f"negative values marking ignored pixels (set the config's ignore_index={int(bad[0])}, or map them to "
+            f"{config.ignore_index})"
+        )
+    if bad[-1] >= config.num_labels:
+        causes.append(
+            f"labels not encoded with the model's label policy (reduce_labels={config.reduce_labels}: ADE20K-style "
+            "annotations need reduce_labels=True), Cityscapes label ids given where train ids are expected (use "
+            "*_labelTrainIds.png or the labelIds -> trainIds map), or colour-coded masks instead of class-index maps"
+        )
     raise ValueError(
         f"labels hold values {shown} outside the {config.num_labels} class ids (0..{config.num_labels - 1}) and "
-        f"ignore_index={config.ignore_index}. Likely causes: labels not encoded with the model's label policy "
-        f"(reduce_labels={config.reduce_labels}: ADE20K-style annotations need reduce_labels=True), Cityscapes "
-        "label ids given where train ids are expected (use *_labelTrainIds.png or the labelIds -> trainIds map), "
-        "or colour-coded masks instead of class-index maps."
+        f"ignore_index={config.ignore_index}. Likely causes: {'; '.join(causes)}."
     )
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
+    """Raise a `TypeError` / `ValueError` saying what the model expects when `pixel_values` is not a float tensor of
+    shape (batch, num_channels, height, width)."""
+    expected = (
+        f"a float tensor of shape (batch, {num_channels}, height, width), normalised as SemanticFPNImageProcessor does"
+    )
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be {expected}; got a {type(pixel_values).__name__}.")
+    if pixel_values.dim() != 4 or pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"pixel_values must be {expected}; got shape {tuple(pixel_values.shape)}. (A single image needs a batch "
+            "dimension; channels-last (B, H, W, C) images need .permute(0, 3, 1, 2).)"
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(
+            f"pixel_values must be {expected}; got dtype {pixel_values.dtype}: pass raw images through the processor."
+        )
 
 
 class SemanticFPNPreTrainedModel(PreTrainedModel):
@@ -135,6 +173,131 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
             init.ones_(module.running_var)
             if getattr(module, "num_batches_tracked", None) is not None:
                 init.zeros_(module.num_batches_tracked)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, but a checkpoint that does not fit the config is an error, not a
+        warning over randomly initialised layers.
+
+        strict (`bool`, defaults to `True`):
+            Refuse weights files that lack keys of the model or hold keys it does not have (a `config.json` and
+            weights of different networks, e.g. another backbone depth). `strict=False` loads them as transformers
+            does: missing weights randomly initialised, extra ones dropped, with its load report.
+
+        Weights of another shape (e.g. a classifier for another number of classes) are refused unless
+        `ignore_mismatched_sizes=True`, which re-initialises them (to fine-tune a new classifier).
+        """
+        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        source = f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r})"
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                ignore_mismatched_sizes=True,  # checked below, with the keys and shapes named
+                output_loading_info=True,
+                **kwargs,
+            )
+        except pickle.UnpicklingError as error:  # a pickled weights file (.bin) that weights_only=True refuses
+            raise pickle.UnpicklingError(_unpickling_message(source, error)) from None
+        except Exception as error:
+            if type(error).__name__ != "SafetensorError":  # safetensors' class, named: hub code imports no safetensors
+                raise
+            raise OSError(
+                f"{source}: the weights file (model.safetensors) is truncated or corrupt ({error}); was the save "
+                "interrupted? Save the model again (save_pretrained writes the folder atomically)."
+            ) from None
+        if not ignore_mismatched_sizes and loading_info["mismatched_keys"]:
+            raise ValueError(_mismatched_keys_message(source, loading_info["mismatched_keys"], model.config))
+        if strict and (loading_info["missing_keys"] or loading_info["unexpected_keys"]):
+            missing, unexpected = loading_info["missing_keys"], loading_info["unexpected_keys"]
+            raise ValueError(_missing_keys_message(source, missing, unexpected))
+        return (model, loading_info) if output_loading_info else model
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
+        """As `PreTrainedModel.save_pretrained`, but atomic: the files are written to a hidden sibling folder and moved
+        in with `config.json` last, so a crash leaves the previous save (or a folder without `config.json`, which does
+        not load), never a mix of two saves that loads; other files in the folder are kept (see
+        `save_folder_atomically`). With `push_to_hub=True` the saved model is then uploaded with `push_to_hub`
+        (`repo_id` defaults to the folder name; `commit_message`, `private`, `token`, `create_pr`... are passed on).
+        """
+        if not is_main_process or kwargs.get("distributed_checkpoint"):  # every process writes: no staging folder
+            return super().save_pretrained(save_directory, is_main_process, state_dict, push_to_hub, **kwargs)
+        hub_options = {name: kwargs.pop(name) for name in _PUSH_TO_HUB_OPTIONS if name in kwargs}
+        save_folder = super().save_pretrained
+        save_folder_atomically(
+            lambda folder: save_folder(folder, state_dict=state_dict, **kwargs),
+            save_directory,
+            commit_file="config.json",
+            retire=WEIGHT_FILE_NAME,
+        )
+        if push_to_hub:
+            repo_id = hub_options.pop("repo_id", Path(save_directory).absolute().name)
+            self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"), **hub_options)
+
+
+# `save_pretrained` keyword arguments that go to `push_to_hub` (the others go to the save itself).
+_PUSH_TO_HUB_OPTIONS = (
+    "repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags"
+)  # fmt: skip
+
+
+def _shown_keys(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def _mismatched_keys_message(source: str, mismatched_keys, config: SemanticFPNConfig) -> str:
+    """Name the weights whose shapes differ; for the classifier, the two class counts and the fix."""
+    shapes = {key: (tuple(saved), tuple(model)) for key, saved, model in mismatched_keys}
+    listed = "; ".join(
+        f"{key}: {saved} in the checkpoint, {model} in the model" for key, (saved, model) in sorted(shapes.items())[:4]
+    )
+    classifier = shapes.get("decode_head.classifier.weight")
+    if classifier is not None and set(shapes) <= {"decode_head.classifier.weight", "decode_head.classifier.bias"}:
+        return (
+            f"{source}: the checkpoint's classifier has {classifier[0][0]} classes but the config asks for "
+            f"{config.num_labels} (num_labels / id2label) ({listed}). Drop num_labels / id2label to load the saved "
+            "classes, or pass ignore_mismatched_sizes=True to start a new classifier for the new classes (size "
+            "mismatch; then fine-tune it)."
+        )
+    return (
+        f"{source}: {len(shapes)} weights have another shape (size mismatch) than the config gives them: {listed}. "
+        "The config and the weights describe different networks; pass ignore_mismatched_sizes=True to re-initialise "
+        "those weights."
+    )
+
+
+def _unpickling_message(source: str, error: Exception) -> str:
+    found = re.search(r"(Unsupported global|Trying to load unsupported GLOBAL|WeightsUnpickler error):? .*", str(error))
+    reason = (found.group(0) if found else str(error)[:300]).split(". ")[0].rstrip(".")  # torch's first sentence
+    return (
+        f"{source}: refused. The pickled weights file (pytorch_model.bin) cannot be read with "
+        f"torch.load(weights_only=True): {reason}. Loading it with weights_only=False could run code from the file, "
+        "which this model never does. Re-save the weights as safetensors (model.save_pretrained writes "
+        "model.safetensors) in an environment that trusts the file."
+    )
+
+
+def _missing_keys_message(source: str, missing_keys, unexpected_keys) -> str:
+    parts = []
+    if missing_keys:
+        parts.append(f"the checkpoint lacks {len(missing_keys)} weights of the model ({_shown_keys(missing_keys)})")
+    if unexpected_keys:
+        shown = _shown_keys(unexpected_keys)
+        parts.append(f"the checkpoint holds {len(unexpected_keys)} weights the model does not have ({shown})")
+    return (
+        f"{source}: {' and '.join(parts)}. The config.json and the weights do not describe the same network (e.g. "
+        "another backbone depth or width, or weights of another model); loading would leave layers randomly "
+        "initialised. Pass strict=False to load it anyway (as transformers does, with its load report)."
+    )
 
 
 def build_backbone(config: SemanticFPNConfig) -> nn.Module:
@@ -184,6 +347,7 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        check_pixel_values(pixel_values, getattr(self.config.backbone_config, "num_channels", 3))
         if labels is not None:
             check_label_values(labels, self.config)
         backbone_outputs = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
@@ -264,6 +428,7 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
 
 __all__ = [
     "check_label_values",
+    "check_pixel_values",
     "SemanticFPNConvBlock",
     "SemanticFPNForSemanticSegmentation",
     "SemanticFPNHead",

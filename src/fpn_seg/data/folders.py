@@ -492,6 +492,11 @@ def _load_path(path: Path) -> Dataset | DatasetDict:
 def _select_columns(
     dataset: Dataset, image_column: str, label_column: str, keep_other_columns: bool, split: str
 ) -> Dataset:
+    if dataset.num_rows == 0:
+        raise ValueError(
+            f"load_image_label_dataset: split {split!r} is empty (0 examples, columns {dataset.column_names}); "
+            "check the data files, or drop the split."
+        )
     missing = [column for column in (image_column, label_column) if column not in dataset.column_names]
     if missing:
         raise ValueError(

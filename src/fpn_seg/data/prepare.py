@@ -12,7 +12,8 @@ the dataset's label set); counts are compared with the official ones. The output
 
 Labels are stored as the loaders store them (Cityscapes: train ids; ADE20K: raw annotations), with their label-policy
 mark; load the result with [`load_prepared`] or `datasets.load_dataset("parquet", data_dir=output_dir)`. Files are
-written to a temporary folder and moved into place at the end, so a failed check leaves no half-written dataset.
+written to a hidden temporary folder and swapped in by renames at the end (`fpn_seg.atomic.replace_directory`), so a
+failed check, an error or a `kill -9` leaves the previous `data/` (or none), never a half-written dataset.
 """
 
 import argparse
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets import DatasetDict, load_dataset
 
+from ..atomic import replace_directory, temporary_sibling
 from ..label_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES
 from .ade20k import SPLIT_FOLDERS as ADE20K_SPLIT_FOLDERS
 from .ade20k import SPLIT_KEYS as ADE20K_SPLIT_KEYS
@@ -182,9 +184,8 @@ def _prepare(
         )
     source = DataSource(sources)
     planned = [(key, *pairs_of_split(source, split)) for split, key in splits]  # every split's pairs checked first
-    temporary = output_dir / ".prepare-tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    (temporary / "data").mkdir(parents=True)
+    # Written under a hidden sibling name, then swapped in by renames: a crash never leaves a partial data/ that loads.
+    temporary = temporary_sibling(output_dir / "data")
     summaries: dict[str, SplitSummary] = {}
     try:
         for key, pairs, conversion in planned:
@@ -194,22 +195,23 @@ def _prepare(
                 pairs,
                 conversion,
                 summaries[key],
-                temporary / "data",
+                temporary,
                 rows_per_shard=rows_per_shard,
                 rows_per_group=rows_per_group,
                 num_proc=num_proc,
                 progress=progress,
             )
+        replace_directory(temporary, output_dir / "data")
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    shutil.rmtree(output_dir / "data", ignore_errors=True)
-    (temporary / "data").rename(output_dir / "data")
-    temporary.rmdir()
     summary = PrepareSummary(
         dataset, output_dir, planned[0][2].policy.description, summaries, STORED_VALUE_NAMES[dataset]
     )
-    (output_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    summary_file = output_dir / "summary.json"
+    partial_summary = summary_file.with_name(f".summary.json.{os.getpid()}.partial")
+    partial_summary.write_text(json.dumps(summary.to_dict(), indent=2))
+    os.replace(partial_summary, summary_file)
     return summary
 
 

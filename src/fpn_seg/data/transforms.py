@@ -361,7 +361,10 @@ class EvalTransform:
 def _columns(batch: dict[str, list[Any]], image_column: str, label_column: str, who: str) -> tuple[list, list]:
     missing = [column for column in (image_column, label_column) if column not in batch]
     if missing:
-        raise KeyError(f"{who}: the batch has no column(s) {missing}; columns: {sorted(batch)}.")
+        raise KeyError(
+            f"{who}: the batch has no column(s) {missing}; columns: {sorted(batch)}. Name yours with "
+            "image_column=... and label_column=... (or load the data with load_image_label_dataset, which renames)."
+        )
     images, labels = batch[image_column], batch[label_column]
     if not isinstance(images, (list, tuple)):  # a single example (`dataset.with_transform` always passes lists)
         images, labels = [images], [labels]
