@@ -34,7 +34,8 @@ MODEL_FILES = {"config.json", "model.safetensors"}
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file below `folder` (relative path -> bytes), except in hidden folders (the atomic writes' own)."""
     files = {path.relative_to(folder) for path in folder.rglob("*") if path.is_file()}
-    return {file.as_posix(): (folder / file).read_bytes() for file in sorted(files) if not file.parts[0].startswith(".")}
+    shown = sorted(file for file in files if not file.parts[0].startswith("."))
+    return {file.as_posix(): (folder / file).read_bytes() for file in shown}
 
 
 def hidden(parent: Path, name: str) -> list[Path]:
@@ -64,7 +65,8 @@ def run_until(script: str, *arguments, signal_file: Path | None = None, timeout:
     """Run `script` in a fresh interpreter (one thread, offline); SIGKILL it once `signal_file` exists (if given).
     Returns its exit status (-9 when killed)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    code = f"import sys, torch\ntorch.set_num_threads(1)\nsys.path.insert(0, {str(TESTS)!r})\n" + textwrap.dedent(script)
+    header = f"import sys, torch\ntorch.set_num_threads(1)\nsys.path.insert(0, {str(TESTS)!r})\n"
+    code = header + textwrap.dedent(script)
     process = subprocess.Popen([sys.executable, "-c", code, *map(str, arguments)], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
     while signal_file is not None and not signal_file.exists():

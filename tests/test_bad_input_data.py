@@ -38,7 +38,8 @@ def png(path: Path, array: np.ndarray) -> str:
 def image_label_dataset(tmp_path: Path, labels: list[np.ndarray], image_size=(8, 10), **columns) -> Dataset:
     """A `datasets.Dataset` of real PNG files: random images of `image_size` and the given label maps."""
     rng = np.random.default_rng(0)
-    images = [png(tmp_path / f"image_{i}.png", rng.integers(0, 256, (*image_size, 3), np.uint8)) for i in range(len(labels))]
+    pixels = [rng.integers(0, 256, (*image_size, 3), np.uint8) for _ in labels]
+    images = [png(tmp_path / f"image_{i}.png", image) for i, image in enumerate(pixels)]
     label_files = [png(tmp_path / f"label_{i}.png", label) for i, label in enumerate(labels)]
     names = {"image": columns.get("image", "image"), "label": columns.get("label", "label")}
     data = {names["image"]: images, names["label"]: label_files}
@@ -98,7 +99,8 @@ def write_ade20k(root: Path, annotation: np.ndarray | None = None, jpeg_annotati
     PIL.Image.fromarray(rng.integers(0, 256, (8, 10, 3), np.uint8)).save(images / "ADE_train_00000001.jpg", quality=90)
     label = grid(range(0, 151, 7)) if annotation is None else annotation
     annotations.mkdir(parents=True)
-    PIL.Image.fromarray(label).save(annotations / "ADE_train_00000001.png", format="JPEG" if jpeg_annotation else "PNG")
+    file_format = "JPEG" if jpeg_annotation else "PNG"
+    PIL.Image.fromarray(label).save(annotations / "ADE_train_00000001.png", format=file_format)
     return root
 
 
@@ -142,7 +144,8 @@ BAD_DATA = {
         r"with image_column=\.\.\. and label_column=\.\.\.",
     ),
     "label-map-of-another-size-eval": (
-        label_smaller_than_image_eval, ValueError, r"EvalTransform: image size \(8, 10\) and label size \(8, 9\) differ",
+        label_smaller_than_image_eval, ValueError,
+        r"EvalTransform: image size \(8, 10\) and label size \(8, 9\) differ",
     ),
     "label-map-of-another-size-train": (
         label_smaller_than_image_train, ValueError,
@@ -151,7 +154,9 @@ BAD_DATA = {
     "rgb-label-map": (
         colour_coded_labels, ValueError, r"mode 'RGB' is a colour-coded mask, expected class indices",
     ),
-    "jpeg-annotation": (ade20k_jpeg_annotation, ValueError, r"ADE_train_00000001\.png is a JPEG file; label maps must be PNG"),
+    "jpeg-annotation": (
+        ade20k_jpeg_annotation, ValueError, r"ADE_train_00000001\.png is a JPEG file; label maps must be PNG",
+    ),
     "rgb-annotation-prepared": (
         ade20k_rgb_annotation_prepared, ValueError,
         r"ADE_train_00000001\.png has mode RGB; expected a single-channel 8-bit map",

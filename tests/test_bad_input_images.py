@@ -165,7 +165,8 @@ def cmyk_jpeg(tmp_path):
 
 def one_bit(tmp_path):
     pixels = scene(23, 31)[:, :, 0] > 128
-    return saved(tmp_path / "mask.png", Image.fromarray(pixels)), np.repeat(pixels[:, :, None] * 255, 3, 2).astype(np.uint8)
+    expected = np.repeat(pixels[:, :, None], 3, axis=2).astype(np.uint8) * 255
+    return saved(tmp_path / "mask.png", Image.fromarray(pixels)), expected
 
 
 def one_pixel(tmp_path):

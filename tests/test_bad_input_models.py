@@ -82,6 +82,7 @@ def depth(value: int):
 
 
 SEVEN_LABELS = {"id2label": {i: f"class_{i}" for i in range(7)}}
+ONES = torch.ones(2)
 
 # (change the saved folder, from_pretrained kwargs, error class, message fragment: a regex)
 BAD_MODEL_FOLDERS = {
@@ -111,14 +112,15 @@ BAD_MODEL_FOLDERS = {
     "id2label-differs": (None, SEVEN_LABELS, ValueError, r"classifier has 4 classes but the config asks for 7"),
     "other-widths": (
         None, {"neck_channels": 32}, ValueError,
-        r"weights have another shape \(size mismatch\).*\(8, 16, 3, 3\) in the checkpoint, \(8, 32, 3, 3\) in the model",
+        r"weights have another shape \(size mismatch\).*\(8, 16, 3, 3\) in the checkpoint, \(8, 32, 3, 3\) in the "
+        r"model",
     ),
     "missing-keys": (
         lambda folder: edit_weights(folder, lambda weights: weights.pop("decode_head.classifier.bias")), {},
         ValueError, r"lacks 1 weights of the model \(decode_head\.classifier\.bias\)",
     ),
     "extra-keys": (
-        lambda folder: edit_weights(folder, lambda weights: weights.update({"decode_head.extra.weight": torch.ones(2)})),
+        lambda folder: edit_weights(folder, lambda weights: weights.update({"decode_head.extra.weight": ONES})),
         {}, ValueError, r"holds 1 weights the model does not have \(decode_head\.extra\.weight\)",
     ),
     "weights-need-weights_only=False": (
@@ -196,7 +198,9 @@ BAD_FORWARD_INPUTS = {
         4, {"labels": labels_of(1, 2).float() * 0.75}, ValueError,
         r"fractional values.*nearest-neighbour interpolation",
     ),
-    "colour-coded-labels": (4, {"labels": torch.zeros(1, 8, 8, 3, dtype=torch.long)}, ValueError, r"got \(1, 8, 8, 3\)"),
+    "colour-coded-labels": (
+        4, {"labels": torch.zeros(1, 8, 8, 3, dtype=torch.long)}, ValueError, r"got \(1, 8, 8, 3\)"
+    ),
 }  # fmt: skip
 
 

@@ -384,7 +384,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         """As `ImageProcessingMixin.save_pretrained`, but atomic (see `save_folder_atomically`): the files are written
         to a hidden sibling folder and moved in with `preprocessor_config.json` last; other files are kept. With
-        `push_to_hub=True` the processor is then uploaded with `push_to_hub` (`repo_id` defaults to the folder name)."""
+        `push_to_hub=True` the processor is then uploaded with `push_to_hub` (`repo_id`: the folder name by default).
+        """
         hub_options = {name: kwargs.pop(name) for name in _PUSH_TO_HUB_OPTIONS if name in kwargs}
         save_folder = super().save_pretrained
         save_folder_atomically(lambda folder: save_folder(folder, **kwargs), save_directory, _PROCESSOR_FILE)

@@ -276,7 +276,7 @@ def _mismatched_keys_message(source: str, mismatched_keys, config: SemanticFPNCo
 
 
 def _unpickling_message(source: str, error: Exception) -> str:
-    found = re.search(r"(Unsupported global|Trying to load unsupported GLOBAL|WeightsUnpickler error):? .*", str(error))
+    found = re.search(r"(Unsupported global|unsupported GLOBAL|WeightsUnpickler error):? .*", str(error))
     reason = (found.group(0) if found else str(error)[:300]).split(". ")[0].rstrip(".")  # torch's first sentence
     return (
         f"{source}: refused. The pickled weights file (pytorch_model.bin) cannot be read with "
