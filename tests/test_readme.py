@@ -40,6 +40,7 @@ def test_readme_has_tested_blocks():
 
 def test_readme_blocks_run(tmp_path, monkeypatch):
     make_demo_output(tmp_path / "demo_output")
+    (tmp_path / "tests").symlink_to(REPO / "tests")  # the README's commands use tests/fixtures
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__readme__"}
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -51,3 +52,4 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
             if result.returncode != 0:
                 pytest.fail(f"README block {index} failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     assert (tmp_path / "demo_output" / "predictions").is_dir()
+    assert (tmp_path / "converted" / "reference_r50" / "model.safetensors").is_file()
