@@ -174,6 +174,8 @@ def _move_in(staging: Path, target: Path, new_names: list[str], commit_file: str
         for name in reversed(replaced):  # commit_file last
             if (previous / name).exists():
                 os.replace(previous / name, target / name)
+        if previous is not None and not any(previous.iterdir()):
+            previous.rmdir()
         raise
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
