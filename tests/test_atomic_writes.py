@@ -166,6 +166,27 @@ def test_save_pretrained_killed_while_moving_in_leaves_no_loadable_mix(previous_
     assert weights_equal(AutoModelForSemanticSegmentation.from_pretrained(folder), previous)
 
 
+def test_an_error_while_moving_in_puts_the_previous_save_back(previous_save, monkeypatch):
+    """An exception (not a kill) half-way through the renames: the previous files return, no hidden folder stays."""
+    folder, previous = previous_save
+    before = snapshot(folder)
+    real_replace, moved_in = os.replace, []
+
+    def fail_on_second_new_file(source, destination):
+        if ".saving-" in str(source):
+            moved_in.append(source)
+            if len(moved_in) == 2:
+                raise OSError(5, "Input/output error")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", fail_on_second_new_file)
+    with pytest.raises(OSError, match="Input/output error"):
+        SemanticFPNForSemanticSegmentation(tiny_config(num_labels=4)).save_pretrained(folder)
+    monkeypatch.undo()
+    assert snapshot(folder) == before and not hidden(folder.parent, "model")
+    assert weights_equal(AutoModelForSemanticSegmentation.from_pretrained(folder), previous)
+
+
 def test_a_failed_save_leaves_the_previous_save_or_nothing(previous_save, tmp_path, monkeypatch):
     folder, previous = previous_save
     before = snapshot(folder)
