@@ -178,6 +178,22 @@ def test_training_outputs(trained, scenes):
     assert json.loads((output_dir / "eval_results.json").read_text())["eval_mean_iou"] == results["eval_mean_iou"]
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "preprocessor_config.json").is_file()
     assert json.loads((output_dir / "config.json").read_text())["neck_channels"] == 16
+    # Arguments kept as JSON; nothing pickled in the model folder.
+    assert json.loads((output_dir / "training_args.json").read_text())["output_dir"] == str(output_dir)
+    assert not list(output_dir.glob("*.bin"))
+
+
+def test_output_folder_holding_a_model_is_not_overwritten(trained, recipe, scenes):
+    output_dir = trained[0]
+    weights = (output_dir / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds a model.*--overwrite_output_dir"):
+        run_train(recipe, scenes, output_dir, "--max_steps", "1")
+    assert (output_dir / "model.safetensors").read_bytes() == weights
+
+
+def test_empty_training_split_is_refused_before_training(workdir, recipe, scenes):
+    with pytest.raises(ValueError, match=r"training split 'train' has no examples"):
+        run_train(recipe, scenes, workdir / "empty", "--max_train_samples", "0")
 
 
 # ------------------------------------------------------------------------------------------------ two processes

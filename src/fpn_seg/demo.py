@@ -25,7 +25,8 @@ NUM_OVERLAYS = 6
 
 
 def train_demo_model(data_dir: Path, model_dir: Path, extra_arguments: list[str]) -> None:
-    train_main(["--recipe", "demo", "--data_dir", str(data_dir), "--output_dir", str(model_dir), *extra_arguments])
+    arguments = ["--recipe", "demo", "--data_dir", str(data_dir), "--output_dir", str(model_dir)]
+    train_main([*arguments, "--overwrite_output_dir", "true", *extra_arguments])  # the demo owns its folder
 
 
 def evaluate_held_out(model, processor, dataset) -> dict:

@@ -133,6 +133,13 @@ class RecipeArguments:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum (weight decay applies to every parameter)."})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (CUDA + NCCL only)."})
     eval_only: bool = field(default=False, metadata={"help": "Evaluate the model on the eval split, no training."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into an output folder that already holds a model (replacing it)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "With --model_name_or_path: start a new classifier when the class count changes."},
+    )
     plot: bool = field(default=True, metadata={"help": "Write training_curves.png to the output folder."})
 
 
@@ -247,7 +254,7 @@ def _json_object(value: str | dict | None, flag: str) -> dict[str, Any]:
     return parsed
 
 
-def build_model(model_args: ModelArguments) -> SemanticFPNForSemanticSegmentation:
+def build_model(model_args: ModelArguments, ignore_mismatched_sizes: bool = False) -> SemanticFPNForSemanticSegmentation:
     """A saved model, a preset on a converted ImageNet backbone, or a preset from scratch (+ overrides)."""
     config_overrides = _json_object(model_args.config_overrides, "config_overrides")
     backbone_overrides = _json_object(model_args.backbone_overrides, "backbone_overrides")
@@ -256,7 +263,9 @@ def build_model(model_args: ModelArguments) -> SemanticFPNForSemanticSegmentatio
             raise ValueError("Give --model_name_or_path (a whole Semantic FPN) or --backbone_name_or_path, not both.")
         if backbone_overrides:
             logger.warning("--backbone_overrides is ignored with --model_name_or_path (its config has the backbone).")
-        return SemanticFPNForSemanticSegmentation.from_pretrained(model_args.model_name_or_path, **config_overrides)
+        return SemanticFPNForSemanticSegmentation.from_pretrained(
+            model_args.model_name_or_path, ignore_mismatched_sizes=ignore_mismatched_sizes, **config_overrides
+        )
     if model_args.backbone_name_or_path:
         # Backbone config and weights come from the folder; overrides may only change what the weights allow.
         return semantic_fpn_from_pretrained_backbone(
@@ -273,6 +282,16 @@ def build_model(model_args: ModelArguments) -> SemanticFPNForSemanticSegmentatio
         model_args.preset, backbone_config=ResNetV1cConfig(**backbone_overrides), **config_overrides
     )
     return SemanticFPNForSemanticSegmentation(config)
+
+
+def check_output_dir(output_dir: Path, checkpoint: str | None, overwrite: bool) -> None:
+    """Refuse to train into a folder that already holds a model, unless resuming or told to overwrite it
+    (transformers 5 dropped `overwrite_output_dir`, and `save_model` would silently replace that model)."""
+    if checkpoint is None and not overwrite and (output_dir / "config.json").is_file():
+        raise FileExistsError(
+            f"--output_dir {output_dir} already holds a model (config.json). Pass --overwrite_output_dir to replace "
+            "it, --resume_from_checkpoint to continue its run, or choose another folder."
+        )
 
 
 def convert_to_sync_batch_norm(model: torch.nn.Module, world_size: int, device: torch.device) -> torch.nn.Module:
@@ -460,6 +479,14 @@ class SemanticFPNTrainer(Trainer):
         )
         super().__init__(*args, optimizer_cls_and_kwargs=optimizer, **kwargs)
 
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """As `Trainer._save`, but the training arguments are kept as `training_args.json`, not as a pickle."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            folder = Path(output_dir or self.args.output_dir)
+            (folder / "training_args.bin").unlink(missing_ok=True)
+            (folder / "training_args.json").write_text(self.args.to_json_string())
+
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
         if isinstance(train_dataset, AugmentedTrainDataset):
@@ -563,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     checkpoint = None
     if not recipe_args.eval_only:
         checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    model = build_model(model_args)
+        check_output_dir(Path(training_args.output_dir), checkpoint, recipe_args.overwrite_output_dir)
+    model = build_model(model_args, recipe_args.ignore_mismatched_sizes)
     config = model.config
     preset = get_preset(model_args.preset) if model_args.preset else None
     scale = tuple(data_args.scale) if data_args.scale else (preset.test_scale if preset else None)
@@ -578,8 +606,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if data_args.train_split not in datasets:
             raise ValueError(f"{where} has no split {data_args.train_split!r} (splits: {list(datasets)}).")
         train_dataset = datasets[data_args.train_split]
-        if data_args.max_train_samples:
+        if data_args.max_train_samples is not None:
             train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
+        if len(train_dataset) == 0:
+            raise ValueError(f"{where}: the training split {data_args.train_split!r} has no examples to train on.")
         check_first_batch_labels(
             train_dataset, processor, config, training_args.per_device_train_batch_size,
             f"{where}, split {data_args.train_split!r}",
@@ -640,6 +670,7 @@ __all__ = [
     "available_recipes",
     "build_model",
     "check_eval_batch_size",
+    "check_output_dir",
     "check_first_batch_labels",
     "convert_to_sync_batch_norm",
     "example_seed",
