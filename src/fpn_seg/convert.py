@@ -59,8 +59,22 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth?$")
 # --------------------------------------------------------------------------------------------------- known files
 
 
+class _DownloadableFile:
+    """A file published at `url` whose name ends in `-<sha256 prefix>.pth`."""
+
+    url: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def sha256_prefix(self) -> str:
+        return sha256_prefix_in_name(self.filename)
+
+
 @dataclass(frozen=True)
-class OfficialCheckpoint:
+class OfficialCheckpoint(_DownloadableFile):
     """One row of mmsegmentation's sem_fpn model-zoo table (`configs/sem_fpn/README.md`, `metafile.yaml`).
 
     `miou` is single-scale whole-image mIoU on the validation set, `miou_ms_flip` the multi-scale + flip one (see
@@ -75,13 +89,6 @@ class OfficialCheckpoint:
     memory_gb: float
     fps: float
 
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    @property
-    def sha256_prefix(self) -> str:
-        return sha256_prefix_in_name(self.filename)
 
     @property
     def preset_info(self) -> SemanticFPNPreset:
@@ -116,20 +123,13 @@ OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {
 
 
 @dataclass(frozen=True)
-class ImageNetBackbone:
+class ImageNetBackbone(_DownloadableFile):
     """An ImageNet initialisation named `open-mmlab://<name>` in mmseg configs (URL from mmcv's `open_mmlab.json`)."""
 
     name: str
     depth: int
     url: str
 
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-    @property
-    def sha256_prefix(self) -> str:
-        return sha256_prefix_in_name(self.filename)
 
 
 IMAGENET_BACKBONES: dict[str, ImageNetBackbone] = {

@@ -124,6 +124,16 @@ def _make_stage(config: ResNetV1cConfig, stage: int, in_channels: int) -> nn.Seq
     return nn.Sequential(*blocks)
 
 
+def init_batch_norm(module: nn.BatchNorm2d) -> None:
+    """Unit scale, zero shift, and running statistics of a fresh BatchNorm (through the loading-aware init helpers)."""
+    init.ones_(module.weight)
+    init.zeros_(module.bias)
+    init.zeros_(module.running_mean)
+    init.ones_(module.running_var)
+    if getattr(module, "num_batches_tracked", None) is not None:
+        init.zeros_(module.num_batches_tracked)
+
+
 class ResNetV1cPreTrainedModel(PreTrainedModel):
     config: ResNetV1cConfig
     base_model_prefix = "resnet_v1c"
@@ -136,12 +146,7 @@ class ResNetV1cPreTrainedModel(PreTrainedModel):
         if isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            if getattr(module, "num_batches_tracked", None) is not None:
-                init.zeros_(module.num_batches_tracked)
+            init_batch_norm(module)
 
 
 class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import WEIGHT_FILE_NAME, SemanticFPNConfig, save_folder_atomically
-from .modeling_resnet_v1c import ResNetV1cBackbone, fold_batch_norm_into_conv
+from .modeling_resnet_v1c import ResNetV1cBackbone, fold_batch_norm_into_conv, init_batch_norm
 
 
 class SemanticFPNNeck(nn.Module):
@@ -167,12 +167,7 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
             init.normal_(module.classifier.weight, mean=0.0, std=0.01)
             init.zeros_(module.classifier.bias)
         elif isinstance(module, nn.BatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
-            if getattr(module, "num_batches_tracked", None) is not None:
-                init.zeros_(module.num_batches_tracked)
+            init_batch_norm(module)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
