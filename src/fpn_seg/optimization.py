@@ -1,7 +1,7 @@
 """Faster CPU inference for Semantic FPN: one switch per optimisation, and the bfloat16 autocast switch.
 
-Exact switches (float32; logits equal to the plain eager model up to float rounding, |diff| < 1e-4 on logits of
-order 1-10):
+Exact switches of [`optimize_for_inference`] (float32; the plain eager model's logits up to float rounding: within
+1e-4 on the test models, about 5e-6 of the logits' scale on the full-size ones):
 
 - `fold_batch_norm`: every BatchNorm that follows a conv is merged into that conv (see
   `SemanticFPNForSemanticSegmentation.fold_batch_norm`), saving one pass over each activation.
@@ -10,19 +10,25 @@ order 1-10):
 - `onednn_convs`: every conv runs through oneDNN (`aten.mkldnn_convolution`). With one thread, torch sends stride-1
   1x1 convs to its own im2col + GEMM kernel instead, which is slower in channels_last (about half the rate on the
   wide, shallow 1x1 convs of the first stage).
-- `compile`: `torch.compile` (inductor) with freezing: the weights become constants, oneDNN weights are prepacked,
-  ReLUs and residual adds are fused into the convs and the other ops become generated C++ loops. It compiles once per
-  input shape (tens of seconds for R-50 on two cores), so it pays off only when many images share a shape.
+- `compile` (off by default): `torch.compile` (inductor) with freezing: the weights become constants, oneDNN weights
+  are prepacked, ReLUs and residual adds are fused into the convs and the other ops become generated C++ loops. It
+  compiles once per input shape (20-60 s for R-50 on two cores), so it pays off only when many images share a shape.
 
-Not exact: `bf16_autocast()` runs the convs in bfloat16 (fast on CPUs with AVX512-BF16 or AMX); predictions agree with
-float32 on almost every pixel of a trained model, logits differ by about 1%.
+Process-wide and exact: [`retain_freed_memory`] stops glibc from unmapping every large activation after use (and
+page-faulting it in again on the next forward); for processes that own their allocator, such as the predict CLI.
 
-The best exact path measured on this project's CPU (see `benchmarks/README.md`) is
-`optimize_for_inference(model)`: folded BatchNorm + channels_last + oneDNN convs, eager.
+Not exact: [`bf16_autocast`] runs the convs in bfloat16 (fast on CPUs with AVX512-BF16 or AMX); predictions agree
+with float32 on almost every pixel of a trained model, logits differ by a few percent of their scale.
+
+The exact float32 default for inference is `optimize_for_inference(model)` (folded BatchNorm + channels_last +
+oneDNN convs, eager); see `benchmarks/README.md` for the measurements behind each choice.
 """
 
 import contextlib
 import copy
+import ctypes
+import ctypes.util
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -135,6 +141,36 @@ def optimize_for_inference(
     return optimized
 
 
+# glibc's mallopt parameters (malloc.h) and their defaults.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def retain_freed_memory(enable: bool = True) -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the system: process-wide, exact.
+
+    By default every allocation above the mmap threshold (at most 32 MiB; a 512x1024 image's stage-1 activation
+    is 33.5 MiB) is a fresh `mmap`, so each forward pass page-faults (and the kernel zeroes) every large activation
+    again: about 6 GiB of page faults per R-50 512x1024 forward. With `enable=True` all allocations come from the heap
+    and freed blocks stay there (`mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, 2 GiB - 1)`): 10-15% faster on
+    this project's CPU, at the price of a resident set that stays at its peak until the process exits. Meant for
+    processes that mostly run the model (the predict CLI, a server); libraries should leave it to the application.
+    `enable=False` restores glibc's default limits (its dynamic threshold adjustment stays off).
+
+    Returns False (and changes nothing) where the C library is not glibc (macOS, Windows, musl).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mmap_max, trim_threshold = (0, 2**31 - 1) if enable else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
+    return bool(mallopt(_M_MMAP_MAX, mmap_max)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
 def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
     """Whether `device` has native bfloat16 arithmetic (CPU: AVX512-BF16 or AMX, as oneDNN reports; CUDA: Ampere+)."""
     device = torch.device(device)
@@ -177,5 +213,6 @@ __all__ = [
     "compile_for_inference",
     "optimize_for_inference",
     "prediction_agreement",
+    "retain_freed_memory",
     "use_onednn_convs",
 ]
