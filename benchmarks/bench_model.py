@@ -252,14 +252,14 @@ def bench_forward_config(model, variants, threads, depth, size, batch, repeats, 
 
 def bench_forward(args, threads: int, rates: dict) -> list[ForwardResult]:
     """One thread: every configuration, all variants on the first. More threads (erratic on a shared 2-core
-    machine): the first depth (or `--multi-thread-depths`) at the first batch size, core variants only."""
+    machine): the first depth (or `--multi-thread-depths`), size and batch, core variants only."""
     results = []
     multi = threads > 1
     depths = (args.multi_thread_depths or args.depths[:1]) if multi else args.depths
-    batches = args.batches[:1] if multi else args.batches
+    sizes, batches = (args.sizes[:1], args.batches[:1]) if multi else (args.sizes, args.batches)
     for depth_index, depth in enumerate(depths):
         model = randomised_model(depth)
-        for size_index, size in enumerate(args.sizes):
+        for size_index, size in enumerate(sizes):
             for batch in batches:
                 primary = not multi and depth_index == 0 and size_index == 0 and batch == batches[0]
                 variants = list(args.variants if primary else args.core_variants)
@@ -295,6 +295,24 @@ def print_forward(results: list[ForwardResult], title: str | None = None) -> Non
     print_table(title, header, rows)
 
 
+def print_forward_summary(results: list[ForwardResult], threads: int) -> None:
+    """One row per configuration: baseline time and the core variants' speedups (wall and CPU) and matmul fractions."""
+    configs = list(dict.fromkeys((r.depth, r.size, r.batch) for r in results))
+    best, bf16 = CORE_VARIANTS[1], CORE_VARIANTS[2]
+    header = ["model", "size", "batch", "eager s/img", f"{best} speedup (CPU)", f"{bf16} speedup (CPU)"]
+    header += [f"{best} of matmul (CPU)", f"{bf16} of bf16 matmul (CPU)"]
+    rows = []
+    for depth, size, batch in configs:
+        by_name = {r.variant: r for r in results if (r.depth, r.size, r.batch) == (depth, size, batch)}
+        if not all(name in by_name for name in CORE_VARIANTS):
+            continue
+        row = [f"R-{depth}", size, batch, f"{by_name['eager'].median_s / batch:.3f}"]
+        row += [f"{by_name[name].speedup:.2f}x ({by_name[name].cpu_speedup:.2f}x)" for name in (best, bf16)]
+        row += [f"{100 * by_name[name].cpu_matmul_fraction:.0f}%" for name in (best, bf16)]
+        rows.append(row)
+    print_table(f"Summary, {threads} thread(s): speedups against eager float32 (CPU-time ratios)", header, rows)
+
+
 # --------------------------------------------------------------------------------------------------- allocator
 
 
@@ -317,7 +335,8 @@ def bench_allocator(args, threads: int, rates: dict) -> list[ForwardResult]:
     keeping freed memory (`retain_freed_memory()`). Ratios are against the default-allocator eager baseline."""
     depth, (height, width), batch = args.depths[0], args.sizes[0], args.batches[0]
     command = ["_forward-worker", "--threads", str(threads), "--depths", str(depth), "--sizes", f"{height}x{width}"]
-    command += ["--batches", str(batch), "--repeats", str(args.repeats), "--rates", json.dumps(rates)]
+    repeats = max(2, args.repeats - 1)
+    command += ["--batches", str(batch), "--repeats", str(repeats), "--rates", json.dumps(rates)]
     command += ["--core-variants", *args.core_variants]
     results = []
     for allocator in ("default", "retained"):
@@ -518,7 +537,9 @@ def main(argv=None) -> None:
         before = matmul_rates(args.quick)
         print(f"\n=== {threads} thread(s) (torch.get_num_threads() = {torch.get_num_threads()}) ===")
         if args.command in ("all", "forward"):
-            section["forward"] = [asdict(r) for r in bench_forward(args, threads, before)]
+            forward = bench_forward(args, threads, before)
+            print_forward_summary(forward, threads)
+            section["forward"] = [asdict(r) for r in forward]
         if args.command in ("all", "allocator") and threads == 1:
             section["allocator"] = [asdict(r) for r in bench_allocator(args, threads, before)]
         if args.command in ("all", "train") and threads in args.train_threads:
