@@ -1,6 +1,6 @@
 """Semantic FPN speed on CPU: forward latency of each optimisation, model FLOPs, matmul rate, one training step.
 
-    python benchmarks/bench_model.py --output benchmarks/results/bench_model.json   # full run, ~10-12 min quiet
+    python benchmarks/bench_model.py --output benchmarks/results/bench_model.json   # full run, ~11 min when quiet
     python benchmarks/bench_model.py --quick                                        # ~2 min: R-50 512x512 only
     python benchmarks/bench_model.py forward --depths 50 --sizes 512x1024 --batches 1 --threads 1
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 from conftest import load_reference, reference_config, tiny_config
 from torch import nn
+from transformers import ResNetConfig
 
-from fpn_seg import SemanticFPNForSemanticSegmentation
+from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+from fpn_seg.modeling_semantic_fpn import SemanticFPNConvBlock
 from fpn_seg.mmseg_state_dict import convert_mmseg_state_dict
 from fpn_seg.modeling_resnet_v1c import fold_batch_norm_into_conv
 from fpn_seg.optimization import (
@@ -43,6 +45,13 @@ def randomise_batch_norms(model: nn.Module) -> nn.Module:
 
 def tiny_model(depth: int = 18, **kwargs) -> SemanticFPNForSemanticSegmentation:
     return randomise_batch_norms(SemanticFPNForSemanticSegmentation(tiny_config(depth=depth, **kwargs))).eval()
+
+
+def model_with_backbone(backbone_config) -> SemanticFPNForSemanticSegmentation:
+    config = SemanticFPNConfig(
+        backbone_config=backbone_config, neck_channels=16, head_channels=8, id2label={0: "a", 1: "b", 2: "c"}
+    )
+    return randomise_batch_norms(SemanticFPNForSemanticSegmentation(config)).eval()
 
 
 def logits_of(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -87,6 +96,31 @@ def test_folded_model_matches_eager_model(depth):
     assert list(model.state_dict()) == keys_before  # the original keeps its mmseg-compatible layout
     expected = logits_of(model, pixel_values)
     assert (logits_of(folded, pixel_values) - expected).abs().max() <= EXACT_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "backbone", [dict(deep_stem=False), dict(avg_down=True, depth=50)], ids=["v1b-7x7-stem", "v1d-avg-down"]
+)
+def test_folding_covers_the_other_resnet_variants(backbone):
+    backbone_config = ResNetV1cConfig(**{"depth": 18, "stem_channels": 8, "base_channels": 8, **backbone})
+    model = model_with_backbone(backbone_config)
+    pixel_values = torch.randn(1, 3, 41, 38)
+    folded = model.fold_batch_norm()
+    assert not any(isinstance(module, nn.BatchNorm2d) for module in folded.modules())
+    assert (logits_of(folded, pixel_values) - logits_of(model, pixel_values)).abs().max() <= EXACT_TOLERANCE
+
+
+def test_folding_leaves_other_backbones_batch_norms_alone():
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    model = model_with_backbone(
+        ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=stages)
+    )
+    pixel_values = torch.randn(1, 3, 40, 40)
+    folded = model.fold_batch_norm()
+    head_norms = [block.norm for block in folded.decode_head.modules() if isinstance(block, SemanticFPNConvBlock)]
+    assert all(isinstance(norm, nn.Identity) for norm in head_norms)  # the head is folded...
+    assert any(isinstance(module, nn.BatchNorm2d) for module in folded.backbone.modules())  # ...the backbone is not
+    assert (logits_of(folded, pixel_values) - logits_of(model, pixel_values)).abs().max() <= EXACT_TOLERANCE
 
 
 def test_folded_model_refuses_training_and_saving(tmp_path):
