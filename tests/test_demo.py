@@ -2,7 +2,10 @@
 
 import json
 
+import torch
+
 from fpn_seg.demo import main as demo_main
+from fpn_seg.demo import pixel_agreement
 
 
 def test_demo_runs_and_reuses_its_outputs(tmp_path, capsys):
@@ -16,9 +19,17 @@ def test_demo_runs_and_reuses_its_outputs(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [f"held_out_0{i}.png" for i in range(3)]
     held_out = json.loads((model_dir / "held_out_results.json").read_text())
     assert held_out["num_images"] == 3 and 0.0 <= held_out["mean_iou"] <= 1.0
+    assert 0.0 <= held_out["bf16_mean_iou"] <= 1.0 and 0.0 <= held_out["bf16_pixel_agreement"] <= 1.0
+    assert f"{100 * held_out['bf16_pixel_agreement']:.2f}% of the pixels get the float32 label" in first
     weights = (model_dir / "model.safetensors").read_bytes()
 
     assert demo_main(arguments) == 0
     second = capsys.readouterr().out
     assert "Reusing the trained model" in second and "Fine-tuning" not in second
     assert (model_dir / "model.safetensors").read_bytes() == weights
+
+
+def test_pixel_agreement_counts_pixels_over_all_images():
+    reference = [torch.zeros(2, 2, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)]
+    labels = [torch.tensor([[0, 1], [0, 0]]), torch.tensor([[0, 0, 0, 2]])]
+    assert pixel_agreement(labels, reference) == 6 / 8

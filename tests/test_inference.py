@@ -1,4 +1,5 @@
-"""mmseg's test modes (whole, sliding window, multi-scale + flip), each against a computation written out in the test."""
+"""mmseg's test modes (whole, sliding window, multi-scale + flip), each against a computation written out in the test
+(on the eager model: `optimize=False`; the optimised default is checked against it separately)."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from torch.nn import functional as F
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor, segment
 from fpn_seg.image_processing_semantic_fpn import image_to_tensor
-from fpn_seg.inference import slide_windows
+from fpn_seg.inference import prepare_model, slide_windows
 
 
 def decisive_model(num_labels: int = 5) -> SemanticFPNForSemanticSegmentation:
@@ -74,12 +75,32 @@ def test_whole_inference_equals_processor_model_post_process_and_ignores_batchin
     assert all(torch.equal(a, b) for a, b in zip(label_maps, one_by_one))
 
 
+def test_segment_runs_an_exact_optimised_copy_and_leaves_the_model_alone():
+    model = decisive_model()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    processor = SemanticFPNImageProcessor(scale=(64, 48))
+    images = [random_image(40, 50, 0), random_image(48, 64, 1)]
+    optimised, optimised_probabilities = segment(model, processor, images, return_probabilities=True)
+    plain, plain_probabilities = segment(model, processor, images, return_probabilities=True, optimize=False)
+    assert all(torch.equal(a, b) for a, b in zip(optimised, plain))
+    for a, b in zip(optimised_probabilities, plain_probabilities):
+        assert a.is_contiguous()
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # float rounding: logits are ~100 here
+    assert not model.is_batch_norm_folded
+    assert {type(module) for module in model.modules() if isinstance(module, torch.nn.Conv2d)} == {torch.nn.Conv2d}
+    assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
+    folded = prepare_model(model)
+    assert folded.is_batch_norm_folded and prepare_model(folded) is folded  # not optimised twice
+
+
 def test_segment_restores_training_mode_and_runs_in_bf16():
     model = decisive_model()
     model.train()
     processor = SemanticFPNImageProcessor(scale=(64, 48))
     image = random_image(40, 50, 0)
     label_map = segment(model, processor, image)[0]
+    assert model.training
+    assert torch.equal(segment(model, processor, image, optimize=False)[0], label_map)
     assert model.training
     model.eval()
     bf16_map = segment(model, processor, image, bf16=True)[0]
@@ -101,7 +122,8 @@ def test_slide_inference_against_independent_windows(height, width):
     processor = SemanticFPNImageProcessor(do_resize=False)
     image = random_image(height, width, seed=height)
     label_maps, probabilities = segment(
-        model, processor, [image], mode="slide", crop_size=crop, stride=stride, return_probabilities=True
+        model, processor, [image], mode="slide", crop_size=crop, stride=stride, return_probabilities=True,
+        optimize=False,
     )
     expected_logits = independent_slide(model, pixel_values_at(processor, image, (height, width)), crop, stride)
     torch.testing.assert_close(probabilities[0], expected_logits[0].softmax(0), rtol=1e-5, atol=1e-6)
@@ -109,7 +131,7 @@ def test_slide_inference_against_independent_windows(height, width):
     expected_windows = len(window_starts(height, crop[0], stride[0])) * len(window_starts(width, crop[1], stride[1]))
     assert len(slide_windows(height, width, crop, stride)) == expected_windows
     if height <= crop[0] and width <= crop[1]:  # one window holding the whole image: the same as whole inference
-        assert torch.equal(label_maps[0], segment(model, processor, image)[0])
+        assert torch.equal(label_maps[0], segment(model, processor, image, optimize=False)[0])
 
 
 def test_slide_inference_on_a_resized_image_returns_the_original_size():
@@ -118,7 +140,7 @@ def test_slide_inference_on_a_resized_image_returns_the_original_size():
     processor = SemanticFPNImageProcessor(scale=(100, 75))
     image = random_image(30, 40, seed=5)
     assert processor.test_size(30, 40) == (75, 100)
-    label_map = segment(model, processor, image, mode="slide", crop_size=crop, stride=stride)[0]
+    label_map = segment(model, processor, image, mode="slide", crop_size=crop, stride=stride, optimize=False)[0]
     logits = independent_slide(model, pixel_values_at(processor, image, (75, 100)), crop, stride)
     expected = F.interpolate(logits, size=(30, 40), mode="bilinear", align_corners=False)[0].argmax(0)
     assert label_map.shape == (30, 40) and torch.equal(label_map, expected)
@@ -133,7 +155,7 @@ def test_multiscale_flip_on_a_non_square_image_against_independent_views():
     processor = SemanticFPNImageProcessor(scale=scale)
     image = random_image(37, 53, seed=7)
     label_maps, probabilities = segment(
-        model, processor, image, scales=ratios, flip=True, return_probabilities=True
+        model, processor, image, scales=ratios, flip=True, return_probabilities=True, optimize=False
     )
 
     total, sizes = torch.zeros(1, 5, 37, 53), []
@@ -152,8 +174,8 @@ def test_multiscale_flip_on_a_non_square_image_against_independent_views():
     expected = total[0] / 6
     torch.testing.assert_close(probabilities[0], expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(label_maps[0], expected.argmax(0))
-    single_view = segment(model, processor, image, scales=(1.0,))[0]
-    assert torch.equal(single_view, segment(model, processor, image)[0])
+    single_view = segment(model, processor, image, scales=(1.0,), optimize=False)[0]
+    assert torch.equal(single_view, segment(model, processor, image, optimize=False)[0])
     assert not torch.equal(label_maps[0], single_view)  # the other views change the result
 
 

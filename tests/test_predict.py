@@ -14,8 +14,8 @@ from conftest import tiny_config
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
 from fpn_seg.cli import COMMANDS
 from fpn_seg.cli import main as cli_main
-from fpn_seg.inference import MMSEG_MS_RATIOS, segment
-from fpn_seg.predict import PredictError, check_predicted_labels, prepare_model
+from fpn_seg.inference import MMSEG_MS_RATIOS, prepare_model, segment
+from fpn_seg.predict import PredictError, check_predicted_labels
 
 NUM_LABELS = 4
 SCALE = (64, 32)  # a tiny test scale: images of a few dozen pixels stay small

@@ -11,6 +11,9 @@
 In every mode the logits of a view are resized to the original image size (bilinear, align_corners=False) before the
 argmax. [`segment`] is the entry point; the other functions are its steps. Nothing is padded: images of different
 sizes are never batched together, so an image's result does not depend on its batch neighbours.
+
+By default [`segment`] runs an exact optimised copy of the model ([`prepare_model`]: BatchNorm folded into the convs,
+channels_last, oneDNN convs; the eager model's logits up to float rounding); `optimize=False` runs the model as given.
 """
 
 from collections.abc import Callable, Sequence
@@ -22,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
+from .optimization import optimize_for_inference
 
 InferenceMode = Literal["whole", "slide"]
 MMSEG_MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -149,6 +153,15 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
+def prepare_model(model: nn.Module, optimize: bool = True) -> nn.Module:
+    """The model inference runs: with `optimize`, `optimize_for_inference(model)` (the exact float32 path: a copy with
+    BatchNorm folded into the convs, channels_last, oneDNN convs) for models that can fold their BatchNorms and are
+    not folded yet; else `model` itself, in eval mode."""
+    if optimize and hasattr(model, "fold_batch_norm") and not getattr(model, "is_batch_norm_folded", False):
+        return optimize_for_inference(model)
+    return model.eval()
+
+
 def _equal_size_batches(images: list[torch.Tensor], batch_size: int) -> list[list[int]]:
     """Indices of `images` grouped by size (first-seen order) and cut into batches of at most `batch_size`."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -171,13 +184,14 @@ def segment(
     batch_size: int = 1,
     bf16: bool = False,
     return_probabilities: bool = False,
+    optimize: bool = True,
 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Segment images with one of mmseg's test protocols; returns one (H, W) int64 label map per image, at its
     original size, on the CPU.
 
     Args:
         model: a `SemanticFPNForSemanticSegmentation` (any model returning `logits` at the input size); put in eval
-            mode for the call.
+            mode for the call (its training mode is restored afterwards).
         processor: gives the test scale, the normalisation and the resizing (see [`SemanticFPNImageProcessor`]).
         images: one image or a list, in any form `image_to_tensor` reads (PIL, paths, arrays, tensors).
         mode: `"whole"` or `"slide"` (then `crop_size` and `stride`, ints or (height, width), are required).
@@ -187,6 +201,8 @@ def segment(
         bf16: run the model under bfloat16 autocast.
         return_probabilities: also return one (N, H, W) float32 tensor of class probabilities per image (the
             averaged probabilities with `scales` / `flip`, else the softmax of the logits).
+        optimize: run an exact optimised copy of the model ([`prepare_model`]; made once per call, so pass the
+            result of `prepare_model(model)` yourself when calling `segment` in a loop); `False`: the model as given.
 
     Returns:
         `label_maps`, or `(label_maps, probabilities)` when `return_probabilities`.
@@ -200,22 +216,22 @@ def segment(
     label_maps: list[torch.Tensor | None] = [None] * len(tensors)
     probabilities: list[torch.Tensor | None] = [None] * len(tensors)
     was_training = model.training
-    model.eval()
+    inference_model = prepare_model(model, optimize)  # `model` in eval mode, or an optimised copy
     try:
         with torch.inference_mode():
             for indices in _equal_size_batches(tensors, batch_size):
                 batch = torch.stack([tensors[index] for index in indices])  # (B, 3, H, W) uint8
                 if several_views:
                     scores = multiscale_flip_inference(
-                        model, processor, batch, scales or (1.0,), flip, mode, crop_size, stride, bf16
+                        inference_model, processor, batch, scales or (1.0,), flip, mode, crop_size, stride, bf16
                     )
                 else:
-                    scores = view_logits(model, processor, batch, infer)  # logits: the argmax is taken on them
+                    scores = view_logits(inference_model, processor, batch, infer)  # logits: argmax-equivalent
                 for position, index in enumerate(indices):
                     label_maps[index] = scores[position].argmax(dim=0).cpu()
                     if return_probabilities:
                         image_scores = scores[position] if several_views else scores[position].softmax(dim=0)
-                        probabilities[index] = image_scores.cpu()
+                        probabilities[index] = image_scores.cpu().contiguous()
     finally:
         model.train(was_training)
     return (label_maps, probabilities) if return_probabilities else label_maps
@@ -225,6 +241,7 @@ __all__ = [
     "MMSEG_MS_RATIOS",
     "model_logits",
     "multiscale_flip_inference",
+    "prepare_model",
     "segment",
     "slide_inference",
     "slide_windows",

@@ -8,7 +8,8 @@ them) or a hub id. A folder without `preprocessor_config.json` is used with the 
 config (`SemanticFPNImageProcessor.from_model_config`: default test scale (2048, 1024) and the config's label policy);
 a note says so. Model code shipped with a folder is only executed with `--trust-remote-code`. The model runs as
 `fpn_seg.optimization.optimize_for_inference(model)` makes it (exact float32: BatchNorm folded into the convs,
-channels_last, oneDNN convs; the same logits up to float rounding) unless `--no-optimize` is given.
+channels_last, oneDNN convs; the same logits up to float rounding) unless `--no-optimize` is given; on the CPU the
+command also keeps freed memory for reuse (`retain_freed_memory()`: no page faults on every forward pass, exact).
 
 INPUTS are image files (taken as given), folders (searched recursively for image extensions) and glob patterns
 (`**` allowed; matching files with image extensions). Outputs per image, under `--output-dir`:
@@ -38,7 +39,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
-from .inference import MMSEG_MS_RATIOS, segment
+from .inference import MMSEG_MS_RATIOS, prepare_model, segment
+from .optimization import retain_freed_memory
 from .visualize import overlay, save_label_png
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -251,17 +253,6 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def prepare_model(model: torch.nn.Module, optimize: bool = True) -> torch.nn.Module:
-    """The model to run: by default `optimize_for_inference(model)`, the exact float32 path (BatchNorm folded into
-    the convs, channels_last, oneDNN convs; logits equal up to float rounding), for models that can fold their
-    BatchNorms; else (or with `optimize=False`) the plain eval-mode model."""
-    if optimize and hasattr(model, "fold_batch_norm"):
-        from .optimization import optimize_for_inference
-
-        return optimize_for_inference(model)
-    return model.eval()
-
-
 # ------------------------------------------------------------------------------------------------ outputs
 
 
@@ -342,7 +333,7 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
         "--no-optimize",
         action="store_true",
         help="run the plain eager model (default: BatchNorm folded into the convs, channels_last, oneDNN convs: the "
-        "same logits up to float rounding, faster)",
+        "same logits up to float rounding, faster; on the CPU, freed memory is also kept for reuse while it runs)",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow running model code shipped with MODEL")
     parser.add_argument(
@@ -420,20 +411,26 @@ def run(args: argparse.Namespace) -> int:
     failures: list[tuple[Path, str]] = []
     pixel_counts = np.zeros(num_labels, dtype=np.int64)
     processed, start = 0, time.perf_counter()
-    with tqdm(total=len(inputs), unit="image", desc="fpn-seg predict", disable=None) as progress:
-        for first in range(0, len(inputs), args.batch_size):
-            chunk = inputs[first : first + args.batch_size]
-            for item, image, label_map in _segment_chunk(chunk, model, processor, args, failures):
-                check_predicted_labels(label_map, num_labels, item.path)
-                label_path, *overlay_path = item.outputs(args.output_dir, with_overlay)
-                _write_atomically(label_path, lambda path: save_label_png(label_map, path))
-                if overlay_path:
-                    rgb = Image.fromarray(image.permute(1, 2, 0).numpy())  # upright, as segmented
-                    picture = overlay(rgb, label_map, config.id2label, args.alpha, ignore_index)
-                    _write_atomically(overlay_path[0], picture.save)
-                pixel_counts += np.bincount(label_map.flatten().numpy(), minlength=num_labels)[:num_labels]
-                processed += 1
-            progress.update(len(chunk))
+    # This process runs the model and little else: keep freed memory for the next forward (see benchmarks/README.md).
+    retained = device.type == "cpu" and not args.no_optimize and retain_freed_memory()
+    try:
+        with tqdm(total=len(inputs), unit="image", desc="fpn-seg predict", disable=None) as progress:
+            for first in range(0, len(inputs), args.batch_size):
+                chunk = inputs[first : first + args.batch_size]
+                for item, image, label_map in _segment_chunk(chunk, model, processor, args, failures):
+                    check_predicted_labels(label_map, num_labels, item.path)
+                    label_path, *overlay_path = item.outputs(args.output_dir, with_overlay)
+                    _write_atomically(label_path, lambda path: save_label_png(label_map, path))
+                    if overlay_path:
+                        rgb = Image.fromarray(image.permute(1, 2, 0).numpy())  # upright, as segmented
+                        picture = overlay(rgb, label_map, config.id2label, args.alpha, ignore_index)
+                        _write_atomically(overlay_path[0], picture.save)
+                    pixel_counts += np.bincount(label_map.flatten().numpy(), minlength=num_labels)[:num_labels]
+                    processed += 1
+                progress.update(len(chunk))
+    finally:
+        if retained:
+            retain_freed_memory(False)
     elapsed = time.perf_counter() - start
     print(_summary(processed, failures, pixel_counts, config.id2label, elapsed, args.output_dir))
     return 1 if failures else 0
@@ -467,7 +464,6 @@ __all__ = [
     "collect_inputs",
     "load_model",
     "main",
-    "prepare_model",
     "read_image",
     "resolve_device",
     "run",
