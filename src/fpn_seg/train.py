@@ -655,7 +655,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if trainer.is_world_process_zero():
             print(save_evaluation_report(output_dir, compute_metrics, config))
     if recipe_args.plot and not recipe_args.eval_only and trainer.is_world_process_zero():
-        title = model_args.preset or model_args.model_name_or_path or "Semantic FPN"
+        backbone = config.backbone_config
+        depth = f"-{backbone.depth}" if getattr(backbone, "depth", None) else ""
+        run_name = Path(recipe_args.recipe).stem if recipe_args.recipe else model_args.preset or "Semantic FPN"
+        title = f"{run_name}: {backbone.model_type}{depth} backbone"
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=title)
     return results
 
