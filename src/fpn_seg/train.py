@@ -33,7 +33,6 @@ DDP leaves each process with the statistics of its own last batch.
 """
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -65,6 +64,7 @@ from .data import (
     load_cityscapes,
     load_image_label_dataset,
 )
+from .data.transforms import single_threaded
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
 from .metrics import format_iou_table, make_compute_metrics
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
@@ -394,17 +394,6 @@ def example_seed(*values: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
-@contextlib.contextmanager
-def _one_intra_op_thread() -> Iterator[None]:
-    """Per-example tensors are small: one torch thread is faster than several (see `fpn_seg.data.transforms`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A permutation of `range(num_examples)` per epoch, seeded by `(seed, epoch)`, yielding `(epoch, index)` keys for
     [`AugmentedTrainDataset`]. The Trainer (through accelerate) calls `set_epoch` before each epoch, the resumed one
@@ -446,7 +435,7 @@ class AugmentedTrainDataset(torch.utils.data.Dataset):
         image, label = example[self.transform.image_column], example[self.transform.label_column]
         check_label_policy(label, self.transform.processor)
         generator = torch.Generator().manual_seed(example_seed(self.seed, epoch, index))
-        with _one_intra_op_thread():
+        with single_threaded():  # per-example tensors are small: one thread is faster
             pixel_values, labels = self.transform.transform_example(
                 image_to_tensor(image), label_to_tensor(label), generator
             )  # (3, crop_h, crop_w) float32, (crop_h, crop_w) int64

@@ -61,7 +61,7 @@ _SECTOR_TO_RGB = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1
 
 
 @contextmanager
-def _single_threaded() -> Iterator[None]:
+def single_threaded() -> Iterator[None]:
     """Run torch ops on one intra-op thread, then restore the setting.
 
     Per-example tensors are small: thread start-up and synchronisation cost more than they save there, and far more
@@ -283,7 +283,7 @@ class TrainTransform:
         images, labels = _columns(batch, self.image_column, self.label_column, type(self).__name__)
         call_seed = self._call_seed()
         output: dict[str, list[torch.Tensor]] = {"pixel_values": [], "labels": []}
-        with _single_threaded():
+        with single_threaded():
             for position, (image, label) in enumerate(zip(images, labels)):
                 check_label_policy(label, self.processor)
                 generator = torch.Generator().manual_seed(_mix_seed(call_seed, position))
@@ -341,7 +341,7 @@ class EvalTransform:
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[torch.Tensor]]:
         images, labels = _columns(batch, self.image_column, self.label_column, type(self).__name__)
         output: dict[str, list[torch.Tensor]] = {"pixel_values": [], "labels": []}
-        with _single_threaded():
+        with single_threaded():
             for image, label in zip(images, labels):
                 self._append_example(output, image, label)
         return output
@@ -399,4 +399,5 @@ __all__ = [
     "photometric_distortion",
     "random_crop_box",
     "rgb_to_hsv_uint8",
+    "single_threaded",
 ]
