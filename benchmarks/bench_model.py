@@ -53,12 +53,13 @@ VARIANTS: dict[str, tuple[dict | None, bool]] = {
 EXACT_VARIANTS = [name for name, (_, bf16) in VARIANTS.items() if not bf16 and "compiled" not in name]
 CORE_VARIANTS = ["eager", "fold+cl+onednn", "bf16+fold+cl"]
 
-# name -> (channels_last, bf16 autocast)
+# name -> (channels_last, bf16 autocast, gradient checkpointing of the backbone's residual blocks)
 TRAIN_VARIANTS = {
-    "fp32": (False, False),
-    "fp32+channels_last": (True, False),
-    "bf16": (False, True),
-    "bf16+channels_last": (True, True),
+    "fp32": (False, False, False),
+    "fp32+channels_last": (True, False, False),
+    "bf16": (False, True, False),
+    "bf16+channels_last": (True, True, False),
+    "fp32+checkpointing": (False, False, True),
 }
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -369,10 +370,13 @@ def train_worker(args) -> None:
     """One process, one configuration: prints a JSON line with step times and memory (see README, 'train')."""
     threads = args.threads[0]
     torch.set_num_threads(threads)
-    channels_last, bf16 = TRAIN_VARIANTS[args.variant]
+    channels_last, bf16, checkpointing = TRAIN_VARIANTS[args.variant]
     torch.manual_seed(0)
     config = SemanticFPNConfig.from_preset(TRAIN_PRESET_OF_DEPTH[args.depths[0]])
-    model = SemanticFPNForSemanticSegmentation(config).train()
+    model = SemanticFPNForSemanticSegmentation(config)
+    if checkpointing:
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    model.train()
     pixel_values = torch.randn(args.train_batch, 3, args.crop, args.crop)
     labels = torch.randint(0, config.num_labels, (args.train_batch, args.crop, args.crop))
     if channels_last:

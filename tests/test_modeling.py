@@ -357,3 +357,55 @@ def test_trainer_gradient_accumulation_scales_the_loss(tmp_path):
     logged_loss = next(entry["loss"] for entry in trainer.state.log_history if "loss" in entry)
     assert logged_loss == pytest.approx(sum(loss.item() for loss in micro_losses) / 2, rel=1e-4)
     torch.testing.assert_close(model.decode_head.classifier.weight.detach(), expected_weight, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_gradient_checkpointing_gives_the_same_step_and_recomputes_the_blocks(depth):
+    """Same loss, gradients and BatchNorm statistics as a plain step; each residual block runs twice (forward, then
+    again in the backward pass), and the recomputation leaves the running statistics alone."""
+    torch.manual_seed(0)
+    plain = SemanticFPNForSemanticSegmentation(tiny_config(depth=depth, classifier_dropout=0.0)).train()
+    checkpointed = SemanticFPNForSemanticSegmentation(tiny_config(depth=depth, classifier_dropout=0.0))
+    checkpointed.load_state_dict(plain.state_dict())
+    # transformers 5.24 renamed gradient_checkpointing_enable (kept as a deprecated alias) to activation_checkpointing_*
+    enable = getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable
+    enable()
+    assert all(block.gradient_checkpointing for block in checkpointed.backbone.layer4)
+    assert not any(block.gradient_checkpointing for block in plain.backbone.layer4)
+    checkpointed.train()
+    calls = []
+    first_block = checkpointed.backbone.layer1[0]
+    first_block.conv1.register_forward_hook(lambda *_: calls.append(1))
+    pixel_values = torch.randn(2, 3, 32, 48)
+    labels = torch.randint(0, 4, (2, 32, 48))
+    losses = []
+    for model in (plain, checkpointed):
+        loss = model(pixel_values, labels=labels).loss
+        loss.backward()
+        losses.append(loss.detach())
+    assert len(calls) == 2
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+    for (name, a), (_, b) in zip(plain.named_buffers(), checkpointed.named_buffers()):
+        assert torch.equal(a, b), name
+    checkpointed.eval()
+    with torch.no_grad():
+        checkpointed(pixel_values)
+    assert len(calls) == 3  # no recomputation outside training
+
+
+def test_trainer_turns_gradient_checkpointing_on(tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    pixel_values, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    dataset = Dataset.from_dict({"pixel_values": pixel_values.numpy(), "labels": labels.numpy()}).with_format("torch")
+    model = SemanticFPNForSemanticSegmentation(tiny_config())
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, gradient_checkpointing=True,
+        report_to=[], save_strategy="no", use_cpu=True,
+    )  # fmt: skip
+    result = Trainer(model=model, args=args, train_dataset=dataset).train()
+    assert all(block.gradient_checkpointing for block in model.backbone.layer1)
+    assert np.isfinite(result.training_loss)

@@ -4,8 +4,11 @@ Module names follow mmseg's `ResNetV1c` (`stem.0`, `layer1.0.conv1`, `layer1.0.d
 backbone state dict loads after stripping its `backbone.` prefix. Hub code: imports only sibling hub files.
 """
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
@@ -14,7 +17,41 @@ from transformers.modeling_outputs import BackboneOutput
 from .configuration_resnet_v1c import ResNetV1cConfig
 
 
-class ResNetV1cBasicBlock(nn.Module):
+@contextlib.contextmanager
+def _batch_norm_statistics_kept(module: nn.Module):
+    """Put back the running statistics of `module`'s BatchNorms on exit: the recomputation of a checkpointed block
+    in the backward pass must not update them a second time."""
+    norms = [norm for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
+    saved = [[buffer.clone() for buffer in norm.buffers()] for norm in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, buffers in zip(norms, saved):
+                for buffer, value in zip(norm.buffers(), buffers):
+                    buffer.copy_(value)
+
+
+class ResNetV1cBlock(nn.Module):
+    """Base of the residual blocks: `_forward` holds the computation; with gradient checkpointing on (set by
+    `model.gradient_checkpointing_enable()` / `TrainingArguments(gradient_checkpointing=True)`), a training forward
+    keeps only the block's input and recomputes the rest in the backward pass, with the same BatchNorm statistics
+    updates as without checkpointing."""
+
+    gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(
+                self._forward,
+                hidden_states,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), _batch_norm_statistics_kept(self)),
+            )
+        return self._forward(hidden_states)
+
+
+class ResNetV1cBasicBlock(ResNetV1cBlock):
     """Two 3x3 convs (stride on the first) with an identity or projection shortcut; expansion 1."""
 
     expansion = 1
@@ -28,14 +65,14 @@ class ResNetV1cBasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
         hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
         hidden_states = self.bn2(self.conv2(hidden_states))
         return self.relu(hidden_states + shortcut)
 
 
-class ResNetV1cBottleneck(nn.Module):
+class ResNetV1cBottleneck(ResNetV1cBlock):
     """1x1 -> 3x3 (carries the stride: mmseg's "pytorch" style) -> 1x1 with 4x expansion, plus the shortcut."""
 
     expansion = 4
@@ -52,7 +89,7 @@ class ResNetV1cBottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
         hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
         hidden_states = self.relu(self.bn2(self.conv2(hidden_states)))
@@ -140,6 +177,7 @@ class ResNetV1cPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["ResNetV1cBasicBlock", "ResNetV1cBottleneck"]
+    supports_gradient_checkpointing = True  # the residual blocks (see `ResNetV1cBlock`)
 
     def _init_weights(self, module):
         """mmseg's ResNet initialisation: kaiming-normal (fan_out) convs, unit BatchNorms."""

@@ -151,6 +151,8 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = []
+    # Checkpoints the residual blocks of a ResNetV1c backbone (and of any backbone whose blocks support it).
+    supports_gradient_checkpointing = True
     # The loss is a per-batch mean (see `SemanticFPNConfig.loss_average`): the Trainer scales it for gradient
     # accumulation itself instead of passing `num_items_in_batch`.
     accepts_loss_kwargs = False
