@@ -172,6 +172,19 @@ def test_norm_eval_and_frozen_stages():
     torch.testing.assert_close(backbone.layer3[0].bn1.running_mean, running_mean)
 
 
+def test_frozen_stages_stay_frozen_after_loading(tmp_path):
+    """Loading replaces the parameters that `__init__` froze; the stem and stage 1 must stay out of training."""
+    config = tiny_config()
+    config.backbone_config.frozen_stages = 1
+    SemanticFPNForSemanticSegmentation(config).save_pretrained(tmp_path)
+    model = SemanticFPNForSemanticSegmentation.from_pretrained(tmp_path)
+    frozen = [*model.backbone.stem.parameters(), *model.backbone.layer1.parameters()]
+    assert frozen and not any(parameter.requires_grad for parameter in frozen)
+    model.train()(torch.randn(2, 3, 32, 32), labels=torch.randint(0, 4, (2, 32, 32))).loss.backward()
+    assert all(parameter.grad is None for parameter in frozen)
+    assert all(parameter.grad is not None for parameter in model.backbone.layer2.parameters())
+
+
 @pytest.mark.parametrize(
     "backbone_config",
     [
@@ -393,6 +406,21 @@ def test_gradient_checkpointing_gives_the_same_step_and_recomputes_the_blocks(de
     with torch.no_grad():
         checkpointed(pixel_values)
     assert len(calls) == 3  # no recomputation outside training
+
+
+def test_gradient_checkpointing_under_torch_compile():
+    """Dynamo cannot trace the checkpoint's context_fn: the checkpointed blocks run eagerly inside the compiled model."""
+    torch.manual_seed(0)
+    plain = SemanticFPNForSemanticSegmentation(tiny_config(classifier_dropout=0.0)).train()
+    checkpointed = SemanticFPNForSemanticSegmentation(tiny_config(classifier_dropout=0.0))
+    checkpointed.load_state_dict(plain.state_dict())
+    (getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable)()
+    checkpointed.train()
+    pixel_values, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    plain(pixel_values, labels=labels).loss.backward()
+    torch.compile(checkpointed, backend="aot_eager")(pixel_values, labels=labels).loss.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_trainer_turns_gradient_checkpointing_on(tmp_path):

@@ -165,14 +165,29 @@ def test_tta_is_mmseg_multiscale_flip(tmp_path, capsys, model_dir, loaded, image
     _check_outputs(images["gray"], out / "gray_label.png", out / "gray_overlay.png", expected)
 
 
-def test_no_optimize_runs_the_plain_model(tmp_path, capsys, model_dir, images):
+def test_no_optimize_runs_the_plain_model(tmp_path, capsys, model_dir, images, monkeypatch):
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    import fpn_seg.inference
 
     model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
     assert not model.is_batch_norm_folded and prepare_model(model).is_batch_norm_folded
-    out = tmp_path / "out"
-    status, _, stderr = _predict(capsys, model_dir, images["rgb"], "--output-dir", out, "--no-optimize", "--no-overlay")
+    optimized = []  # the models that `optimize_for_inference` made
+    optimize = fpn_seg.inference.optimize_for_inference
+
+    def counting_optimize(model):
+        optimized.append(optimize(model))
+        return optimized[-1]
+
+    monkeypatch.setattr(fpn_seg.inference, "optimize_for_inference", counting_optimize)
+    inputs = [images["rgb"], images["gray"], images["rgba"]]
+    status, _, stderr = _predict(capsys, model_dir, *inputs, "--output-dir", tmp_path / "default", "--no-overlay")
     assert status == 0, stderr
+    assert len(optimized) == 1  # once per run, not once per image
+    out = tmp_path / "out"
+    status, _, stderr = _predict(capsys, model_dir, *inputs, "--output-dir", out, "--no-optimize", "--no-overlay")
+    assert status == 0, stderr
+    assert len(optimized) == 1
     (expected,) = segment(model, AutoImageProcessor.from_pretrained(model_dir), [images["rgb"]])
     _check_outputs(images["rgb"], out / "street_label.png", None, expected)
 

@@ -42,13 +42,17 @@ class ResNetV1cBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(
-                self._forward,
-                hidden_states,
-                use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), _batch_norm_statistics_kept(self)),
-            )
+            return self._checkpointed_forward(hidden_states)
         return self._forward(hidden_states)
+
+    @torch.compiler.disable  # dynamo cannot trace a custom `context_fn`: under torch.compile the block runs eagerly
+    def _checkpointed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return checkpoint(
+            self._forward,
+            hidden_states,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), _batch_norm_statistics_kept(self)),
+        )
 
 
 class ResNetV1cBasicBlock(ResNetV1cBlock):
@@ -107,14 +111,18 @@ def fold_batch_norm_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2
         raise ValueError(f"Cannot fold {norm}: it has no running statistics (track_running_stats=False).")
     if norm.num_features != conv.out_channels:
         raise ValueError(f"Cannot fold {norm} into {conv}: {norm.num_features} features, {conv.out_channels} outputs.")
-    weight, dtype = conv.weight.detach().double(), conv.weight.dtype
-    scale = torch.rsqrt(norm.running_var.double() + norm.eps)  # (C_out,)
-    shift = -norm.running_mean.double() * scale
+
+    def float64(tensor: torch.Tensor) -> torch.Tensor:  # on the CPU: some devices (MPS) have no float64
+        return tensor.detach().to("cpu", torch.float64)
+
+    weight, dtype = float64(conv.weight), conv.weight.dtype
+    scale = torch.rsqrt(float64(norm.running_var) + norm.eps)  # (C_out,)
+    shift = -float64(norm.running_mean) * scale
     if norm.weight is not None:
-        scale, shift = scale * norm.weight.detach().double(), shift * norm.weight.detach().double()
+        scale, shift = scale * float64(norm.weight), shift * float64(norm.weight)
     if norm.bias is not None:
-        shift = shift + norm.bias.detach().double()
-    bias = shift if conv.bias is None else conv.bias.detach().double() * scale + shift
+        shift = shift + float64(norm.bias)
+    bias = shift if conv.bias is None else float64(conv.bias) * scale + shift
     folded = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -129,7 +137,7 @@ def fold_batch_norm_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2
         dtype=dtype,
     )
     with torch.no_grad():
-        folded.weight.copy_((weight * scale.view(-1, 1, 1, 1)).to(dtype))
+        folded.weight.copy_((weight * scale.view(-1, 1, 1, 1)).to(dtype))  # cast on the CPU, then to the device
         folded.bias.copy_(bias.to(dtype))
     # Keep the memory format of the original weight (e.g. channels_last).
     if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
@@ -239,8 +247,12 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
                 parameter.requires_grad = False
 
     def train(self, mode: bool = True):
-        """As `nn.Module.train`, but frozen stages, and every BatchNorm when `config.norm_eval`, stay in eval mode."""
+        """As `nn.Module.train`, but frozen stages, and every BatchNorm when `config.norm_eval`, stay in eval mode.
+
+        Also (re)freezes the parameters of the frozen stages: loading weights replaces the parameters made in
+        `__init__`, and `from_pretrained` ends with `eval()`."""
         super().train(mode)
+        self._freeze_stages()
         if mode:
             for module in self._frozen_modules():
                 module.eval()

@@ -384,6 +384,7 @@ def _segment_chunk(chunk, model, processor, args, failures) -> list[tuple[Predic
             flip=args.tta,
             batch_size=args.batch_size,
             bf16=args.bf16,
+            optimize=False,  # the model is already prepared by `run`
         )
     except torch.OutOfMemoryError as error:
         hint = "try --batch-size 1, --mode slide, or a smaller --max-pixels"
