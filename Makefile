@@ -1,6 +1,9 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv (CPU torch first, so that no CUDA build is
 # pulled in) and install the package with its dev extras.
 VENV ?= .venv
+# Where the CPU build of torch comes from: this project's machines serve it from their package index; where the index
+# serves CUDA builds (PyPI on Linux), use `make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -11,7 +14,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

@@ -17,6 +17,7 @@ def test_demo_runs_and_reuses_its_outputs(tmp_path, capsys):
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "training_curves.png"):
         assert (model_dir / name).is_file(), name
     assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == [f"held_out_0{i}.png" for i in range(3)]
+    assert (tmp_path / "street.png").is_file()
     held_out = json.loads((model_dir / "held_out_results.json").read_text())
     assert held_out["num_images"] == 3 and 0.0 <= held_out["mean_iou"] <= 1.0
     assert 0.0 <= held_out["bf16_mean_iou"] <= 1.0 and 0.0 <= held_out["bf16_pixel_agreement"] <= 1.0

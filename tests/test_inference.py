@@ -189,6 +189,7 @@ def test_multiscale_flip_on_a_non_square_image_against_independent_views():
         ({"mode": "slide"}, "needs crop_size and stride"),
         ({"mode": "slide", "crop_size": (0, 8), "stride": 4}, "crop_size must be"),
         ({"mode": "slide", "crop_size": 8, "stride": (4, 4, 4)}, "stride must be"),
+        ({"mode": "slide", "crop_size": (8, 8), "stride": (4, 9)}, r"stride \(4, 9\) is larger than crop_size"),
         ({"scales": ()}, "scales must be positive"),
         ({"scales": (1.0, -0.5)}, "scales must be positive"),
         ({"batch_size": 0}, "batch_size must be"),

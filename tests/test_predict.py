@@ -297,6 +297,13 @@ def test_bad_model_gives_clear_error(tmp_path, capsys, model_dir, images, make_m
     assert "Traceback" not in stderr and not (tmp_path / "out").exists()
 
 
+def test_typo_in_a_relative_model_path_is_not_sent_to_the_hub(tmp_path, capsys, images, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    status, _, stderr = _predict(capsys, "runs/modle", images["rgb"], "--output-dir", tmp_path / "out")
+    assert status == 2 and "'runs/modle': no such model folder (there is a local folder 'runs'" in stderr
+
+
 def _copy(source: Path, target: Path, skip: str | None = None, file: str | None = None) -> Path:
     if file is not None:
         target.write_bytes((source / file).read_bytes())
@@ -314,6 +321,25 @@ def test_missing_processor_config_falls_back_with_a_note(tmp_path, capsys, model
     assert status == 0, stderr
     assert "no preprocessor_config.json" in stderr and "(2048, 1024)" in stderr
     assert np.asarray(Image.open(tmp_path / "out" / "street_label.png")).shape == (30, 50)
+
+
+def test_a_label_map_given_as_the_image_gets_a_note(tmp_path, capsys, model_dir, images):
+    label_map = tmp_path / "aachen_000000_000019_gtFine_labelIds.png"
+    Image.fromarray(np.repeat(np.arange(6, dtype=np.uint8), 40).reshape(12, 20)).save(label_map)
+    photos = [images[name] for name in ("rgb", "gray", "palette", "gray16")]
+    status, _, stderr = _predict(capsys, model_dir, label_map, *photos, "--output-dir", tmp_path / "out")
+    assert status == 0, stderr
+    assert f"note: {label_map} looks like a label map" in stderr
+    assert stderr.count("looks like a label map") == 1  # not the grey, palette or 16-bit photos
+
+
+def test_input_folder_that_is_the_output_folder_is_named_as_the_cause(tmp_path, capsys, model_dir, images):
+    folder = tmp_path / "shots_and_outputs"
+    folder.mkdir()
+    (folder / "street.png").write_bytes(images["rgb"].read_bytes())
+    status, _, stderr = _predict(capsys, model_dir, folder, "--output-dir", folder)
+    assert status == 2 and "holds only image files inside --output-dir" in stderr
+    assert sorted(path.name for path in folder.iterdir()) == ["street.png"]
 
 
 @pytest.mark.parametrize(
@@ -340,6 +366,7 @@ def test_inputs_matching_nothing_give_clear_errors(tmp_path, capsys, model_dir, 
     [
         (["--mode", "slide"], "--mode slide needs --crop-size"),
         (["--crop-size", "16", "16"], "apply to --mode slide only"),
+        (["--mode", "slide", "--crop-size", "16", "16", "--stride", "8", "20"], "is larger than --crop-size"),
         (["--alpha", "1.5"], "--alpha must lie in 0..1"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--mode", "tiles"], "invalid choice: 'tiles'"),
@@ -350,6 +377,18 @@ def test_bad_options_are_usage_errors(tmp_path, capsys, model_dir, images, optio
         cli_main(["predict", str(model_dir), str(images["rgb"]), "--output-dir", str(tmp_path / "out"), *options])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_outputs_get_the_permissions_of_ordinary_files(tmp_path, capsys, model_dir, images):
+    umask = os.umask(0o022)
+    try:
+        status, _, stderr = _predict(capsys, model_dir, images["rgb"], "--output-dir", tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert status == 0, stderr
+    written = sorted((tmp_path / "out").iterdir())
+    assert [path.name for path in written] == ["street_label.png", "street_overlay.png"]  # no temporary files left
+    assert all(path.stat().st_mode & 0o777 == 0o644 for path in written)
 
 
 def test_unknown_device_is_a_clear_error(tmp_path, capsys, model_dir, images):

@@ -1,4 +1,5 @@
-"""Every README code block marked `<!-- readme-test -->` runs, in order, against a small `demo_output/`."""
+"""Every README code block marked `<!-- readme-test -->` runs, in order, each in a fresh process (as a user pastes it),
+against a small `demo_output/`."""
 
 import os
 import re
@@ -42,14 +43,15 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
     make_demo_output(tmp_path / "demo_output")
     (tmp_path / "tests").symlink_to(REPO / "tests")  # the README's commands use tests/fixtures
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "__readme__"}
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     for index, (kind, code) in enumerate(readme_blocks()):
+        # Each block in a fresh process, as a user pastes it: it must import and load all it uses.
         if kind == "python":
-            exec(compile(code, f"README block {index}", "exec"), namespace)
+            command = [sys.executable, "-c", code]
         else:
-            result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], env=env, capture_output=True, text=True)
-            if result.returncode != 0:
-                pytest.fail(f"README block {index} failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+            command = ["bash", "-euo", "pipefail", "-c", code]
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.fail(f"README block {index} failed:\n{code}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     assert (tmp_path / "demo_output" / "predictions").is_dir()
     assert (tmp_path / "converted" / "reference_r50" / "model.safetensors").is_file()

@@ -191,6 +191,22 @@ def test_output_folder_holding_a_model_is_not_overwritten(trained, recipe, scene
     assert (output_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_command_line_prints_user_errors_in_one_line(trained, recipe, scenes, tmp_path, capsys):
+    from fpn_seg.cli import main as cli_main
+
+    output_dir = trained[0]
+    cases = [
+        (["--output_dir", str(output_dir)], "FileExistsError: ", "already holds a model"),
+        (["--output_dir", str(tmp_path / "new"), "--data_dir", str(tmp_path / "nowhere")], "Error: ", "nowhere"),
+    ]
+    for flags, error_type, fragment in cases:
+        assert cli_main(["train", "--recipe", str(recipe), "--data_dir", str(scenes), *flags]) == 2
+        stderr = capsys.readouterr().err
+        assert stderr.startswith("fpn-seg train: error: ") and error_type in stderr and fragment in stderr, stderr
+        assert "Traceback" not in stderr
+    assert not (tmp_path / "new" / "model.safetensors").exists()
+
+
 def test_empty_training_split_is_refused_before_training(workdir, recipe, scenes):
     with pytest.raises(ValueError, match=r"training split 'train' has no examples"):
         run_train(recipe, scenes, workdir / "empty", "--max_train_samples", "0")

@@ -1,7 +1,8 @@
 """Whole-folder outputs that appear complete or not at all: conversion folders and `prepare`'s Parquet `data/`.
 
 The output is written under a temporary hidden sibling name, then swapped in with renames (atomic on one file
-system). [`replace_directory`] is the swap; [`atomic_output_dir`] wraps a whole write in it.
+system). [`replace_directory`] is the swap; [`atomic_output_dir`] wraps a whole write in it; [`write_file_atomically`]
+does the same for one file (the predict CLI's PNGs).
 
 What a crash (or `kill -9`) leaves, by step:
 
@@ -23,11 +24,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _ordinary_permissions(folder: Path) -> None:
-    """`mkdtemp` makes private (0700) folders; give `folder` the permissions of a folder made with `mkdir`."""
+def _ordinary_permissions(path: Path, mode: int = 0o777) -> None:
+    """`mkdtemp` / `mkstemp` make private (0700 / 0600) entries; give `path` the permissions that `mkdir` (`mode`
+    0o777) or `open` (0o666) would under the process's umask."""
     umask = os.umask(0)
     os.umask(umask)
-    folder.chmod(0o777 & ~umask)
+    path.chmod(mode & ~umask)
+
+
+def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call `write(temporary_path)` on a hidden sibling of `path`, then rename it to `path`: a crash never leaves a
+    half-written file under the name (the previous file, if any, stays until the rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        write(temporary)
+        _ordinary_permissions(temporary, 0o666)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def temporary_sibling(target: str | os.PathLike, suffix: str = ".partial") -> Path:
@@ -99,4 +118,4 @@ def atomic_output_dir(
         raise
 
 
-__all__ = ["atomic_output_dir", "check_output_dir", "replace_directory", "temporary_sibling"]
+__all__ = ["atomic_output_dir", "check_output_dir", "replace_directory", "temporary_sibling", "write_file_atomically"]

@@ -1,6 +1,6 @@
 """`fpn-seg <command> ...`: one console entry point for the package's commands.
 
-Each command is the `main(argv)` of one module, imported only when the command runs (so `fpn-seg --help` does not
+Each command is the `command_line(argv)` or `main(argv)` of one module, imported only when the command runs (so `fpn-seg --help` does not
 load datasets, evaluate or matplotlib); `fpn-seg <command> --help` shows the command's own options.
 """
 
@@ -47,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fpn-seg: unknown command {command!r}.{suggestion} Commands: {', '.join(COMMANDS)}.", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
-    status = module.main(arguments)
-    return status if isinstance(status, int) else 0  # `train` returns its metrics
+    # A module's `command_line(argv)` when it has one (`train`: its `main` returns metrics and raises), else `main`.
+    return getattr(module, "command_line", module.main)(arguments)
 
 
 __all__ = ["COMMANDS", "main", "usage"]

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[4/5] pipeline('image-segmentation') on {NUM_OVERLAYS} held-out images -> {overlay_dir}")
     segmenter = pipeline("image-segmentation", model=str(model_dir))
     overlay_dir.mkdir(parents=True, exist_ok=True)
+    held_out[0]["image"].save(args.output_dir / "street.png")  # the image the README's snippets use
     for index in range(min(NUM_OVERLAYS, len(held_out))):
         image = held_out[index]["image"].convert("RGB")
         segments = segmenter(image)
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  model folder     {model_dir}  (AutoModelForSemanticSegmentation / pipeline load it)")
     print(f"  training curve   {model_dir / 'training_curves.png'}")
     print(f"  overlays         {overlay_dir}/held_out_*.png")
+    print(f"  a held-out scene {args.output_dir / 'street.png'}  (the README's snippets use it)")
     print(f"  held-out mIoU    {100 * results['mean_iou']:.2f}")
     return 0
 

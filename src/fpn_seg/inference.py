@@ -56,12 +56,24 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def _crop_and_stride(crop_size, stride) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Checked `((crop_h, crop_w), (stride_h, stride_w))`: a stride longer than the crop would leave pixels that no
+    window covers (mmseg asserts that every pixel is covered)."""
+    crop, step = _pair(crop_size, "crop_size"), _pair(stride, "stride")
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise ValueError(
+            f"stride {step} is larger than crop_size {crop}: pixels between the windows would get no logits; use a "
+            f"stride of at most the crop size (mmseg's configs use 2/3 of it, e.g. crop 512 -> stride 341)."
+        )
+    return crop, step
+
+
 def slide_windows(height: int, width: int, crop_size, stride) -> list[tuple[int, int, int, int]]:
     """mmseg's sliding-window grid over a `height` x `width` image: `(y1, y2, x1, x2)` per window, row by row.
 
     Every window is `min(crop, image)` pixels on each axis; the last row/column is moved back inside the image.
     """
-    (crop_h, crop_w), (stride_h, stride_w) = _pair(crop_size, "crop_size"), _pair(stride, "stride")
+    (crop_h, crop_w), (stride_h, stride_w) = _crop_and_stride(crop_size, stride)
     h_grids = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
     w_grids = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
     windows = []
@@ -97,7 +109,7 @@ def _inference_function(
     if mode == "slide":
         if crop_size is None or stride is None:
             raise ValueError("mode='slide' needs crop_size and stride, e.g. crop_size=(512, 512), stride=(341, 341).")
-        _pair(crop_size, "crop_size"), _pair(stride, "stride")
+        _crop_and_stride(crop_size, stride)
         return lambda model, pixel_values: slide_inference(model, pixel_values, crop_size, stride, bf16)
     raise ValueError(f"mode must be 'whole' or 'slide'; got {mode!r}.")
 

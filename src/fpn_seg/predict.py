@@ -28,7 +28,6 @@ import glob
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .atomic import write_file_atomically
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
 from .inference import MMSEG_MS_RATIOS, prepare_model, segment
 from .optimization import retain_freed_memory
@@ -100,22 +100,32 @@ def _expand_input(text: str, skip_folder: Path | None = None) -> list[PredictInp
     if path.is_file():
         return [PredictInput(path, Path(path.stem))]
     if path.is_dir():
-        files = [file for file in sorted(path.rglob("*")) if _is_image_file(file) and not _inside(file, skip_folder)]
-        if not files:
-            raise PredictError(f"INPUT folder {text!r} holds no image files (extensions {_EXTENSIONS_TEXT}).")
+        files = _images_outside(sorted(path.rglob("*")), skip_folder, f"INPUT folder {text!r} holds")
         return [PredictInput(file, file.relative_to(path).with_suffix("")) for file in files]
     if glob.has_magic(text):
         base = _glob_base(os.path.expanduser(text))
-        files = sorted(Path(match) for match in glob.glob(os.path.expanduser(text), recursive=True))
-        files = [file for file in files if _is_image_file(file) and not _inside(file, skip_folder)]
-        if not files:
-            raise PredictError(f"INPUT pattern {text!r} matched no image files (extensions {_EXTENSIONS_TEXT}).")
+        matches = sorted(Path(match) for match in glob.glob(os.path.expanduser(text), recursive=True))
+        files = _images_outside(matches, skip_folder, f"INPUT pattern {text!r} matched")
         return [PredictInput(file, file.relative_to(base).with_suffix("")) for file in files]
     raise PredictError(f"INPUT {text!r}: no such file or folder (and not a glob pattern).")
 
 
 def _inside(path: Path, folder: Path | None) -> bool:
     return folder is not None and path.resolve().is_relative_to(folder.resolve())
+
+
+def _images_outside(files: list[Path], skip_folder: Path | None, what: str) -> list[Path]:
+    """The image files of `files` outside `skip_folder`; a `PredictError` starting with `what` when none is left."""
+    images = [file for file in files if _is_image_file(file)]
+    kept = [file for file in images if not _inside(file, skip_folder)]
+    if not images:
+        raise PredictError(f"{what} no image files (extensions {_EXTENSIONS_TEXT}).")
+    if not kept:
+        raise PredictError(
+            f"{what} only image files inside --output-dir {str(skip_folder)!r}, which are skipped (they may be "
+            "earlier outputs); write the outputs to another folder."
+        )
+    return kept
 
 
 def collect_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> list[PredictInput]:
@@ -149,6 +159,15 @@ def collect_inputs(inputs: Sequence[str], output_dir: Path | None = None) -> lis
     return images
 
 
+def _looks_like_label_map(image: Image.Image, max_values: int = 40) -> bool:
+    """Whether a decoded image is probably a label map given by mistake: a single-channel grey (8 or 16-bit) picture
+    with at most `max_values` distinct values (Cityscapes label ids: 34 and 255; grey photos have hundreds). Palette
+    images are left out: few-colour GIFs and PNGs are photos too."""
+    if image.mode not in ("L", "I", "I;16") or image.width * image.height < 64:
+        return False
+    return len(np.unique(np.asarray(image))) <= max_values
+
+
 def read_image(path: Path, max_pixels: int) -> torch.Tensor:
     """An image file -> (3, H, W) uint8 RGB tensor (any mode, EXIF orientation applied); `ImageReadError` naming the
     file and the reason when it is not a readable image or holds more than `max_pixels` pixels."""
@@ -156,12 +175,20 @@ def read_image(path: Path, max_pixels: int) -> torch.Tensor:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels:
+                pixels = width * height
+                size = f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
                 raise ImageReadError(
-                    f"{width}x{height} = {width * height / 1e6:.1f} megapixels, above the limit --max-pixels "
+                    f"{width}x{height} = {size}, above the limit --max-pixels "
                     f"{max_pixels} (the class scores at full size take num_labels x 4 bytes per pixel); pass a larger "
                     "--max-pixels to segment it."
                 )
             image.load()
+            if _looks_like_label_map(image):
+                print(
+                    f"note: {path} looks like a label map (one channel, few distinct values), not a photo; it is "
+                    "segmented as a grey picture.",
+                    file=sys.stderr,
+                )
             return image_to_tensor(image)
     except Image.DecompressionBombError as error:
         raise ImageReadError(f"refused by Pillow's decompression-bomb limit: {error}") from error
@@ -204,6 +231,11 @@ def load_model(name: str, trust_remote_code: bool = False) -> tuple[torch.nn.Mod
         source = str(folder)
     elif not _HUB_ID.match(name):
         raise PredictError(f"MODEL {name!r}: no such model folder (and not a hub id like 'org/name').")
+    elif Path(name.split("/")[0]).is_dir():  # `runs/modle`: a typo in a local path, not the hub namespace `runs`
+        raise PredictError(
+            f"MODEL {name!r}: no such model folder (there is a local folder {name.split('/')[0]!r}, so it is not "
+            "taken as a hub id); check the path."
+        )
     else:
         has_processor, source = None, name
     where = f"model folder {source!r}" if folder.exists() else f"hub model {source!r}"
@@ -254,19 +286,6 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Call `write(temporary_path)` then move the file into `path`, so a crash never leaves a half-written PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def check_predicted_labels(label_map: torch.Tensor, num_labels: int, path: Path) -> None:
@@ -352,6 +371,11 @@ def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             parser.error(f"--{name.replace('_', '-')} needs two positive sizes; got {getattr(args, name)}.")
     if args.mode == "slide" and args.stride is None:
         args.stride = [max(1, round(side * 2 / 3)) for side in args.crop_size]  # mmseg's 512 -> 341, 1024 -> 683
+    if args.mode == "slide" and any(step > side for step, side in zip(args.stride, args.crop_size)):
+        parser.error(
+            f"--stride {args.stride} is larger than --crop-size {args.crop_size}: some pixels would get no "
+            "prediction; use at most the crop size (default: 2/3 of it)."
+        )
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1; got {args.batch_size}.")
     if not 0.0 <= args.alpha <= 1.0:
@@ -421,11 +445,11 @@ def run(args: argparse.Namespace) -> int:
                 for item, image, label_map in _segment_chunk(chunk, model, processor, args, failures):
                     check_predicted_labels(label_map, num_labels, item.path)
                     label_path, *overlay_path = item.outputs(args.output_dir, with_overlay)
-                    _write_atomically(label_path, lambda path: save_label_png(label_map, path))
+                    write_file_atomically(label_path, lambda path: save_label_png(label_map, path))
                     if overlay_path:
                         rgb = Image.fromarray(image.permute(1, 2, 0).numpy())  # upright, as segmented
                         picture = overlay(rgb, label_map, config.id2label, args.alpha, ignore_index)
-                        _write_atomically(overlay_path[0], picture.save)
+                        write_file_atomically(overlay_path[0], picture.save)
                     pixel_counts += np.bincount(label_map.flatten().numpy(), minlength=num_labels)[:num_labels]
                     processed += 1
                 progress.update(len(chunk))

@@ -12,7 +12,7 @@ config). Built-in defaults < recipe < command-line flags. An unknown recipe key 
 file.
 
 **Model.** `--preset` alone trains from scratch; `--preset` with `--backbone_name_or_path` (a folder written by
-`fpn-seg-convert` in backbone mode) starts from ImageNet weights as mmseg does; `--model_name_or_path` fine-tunes (or,
+`fpn-seg convert --backbone`) starts from ImageNet weights as mmseg does; `--model_name_or_path` fine-tunes (or,
 with `--eval_only`, evaluates) a saved Semantic FPN.
 
 **Set for you** whatever the recipe says: `remove_unused_columns=False` (the transforms need the image and label
@@ -94,7 +94,7 @@ class ModelArguments:
     )
     backbone_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A converted ImageNet ResNetV1c backbone folder to start from (fpn-seg-convert)."},
+        metadata={"help": "A converted ImageNet ResNetV1c backbone folder to start from (fpn-seg convert --backbone)."},
     )
     config_overrides: str | None = field(
         default=None, metadata={"help": 'JSON object of SemanticFPNConfig fields, e.g. \'{"neck_channels": 64}\'.'}
@@ -220,7 +220,7 @@ def parse_arguments(
 ) -> tuple[ModelArguments, DataArguments, RecipeArguments, TrainingArguments]:
     """(model, data, recipe, training) arguments: built-in defaults < recipe file < command-line flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, prog="fpn-seg train")
     recipe_finder = argparse.ArgumentParser(add_help=False)
     recipe_finder.add_argument("--recipe")
     recipe = recipe_finder.parse_known_args(argv)[0].recipe
@@ -276,7 +276,7 @@ def build_model(model_args: ModelArguments, ignore_mismatched_sizes: bool = Fals
     backbone_overrides.setdefault("depth", get_preset(model_args.preset).depth)
     logger.warning(
         "Training from scratch: no --backbone_name_or_path (mmseg's recipes start from ImageNet ResNetV1c weights; "
-        "convert them with `fpn-seg-convert --backbone ...`)."
+        "convert them with `fpn-seg convert --backbone ...`)."
     )
     config = SemanticFPNConfig.from_preset(
         model_args.preset, backbone_config=ResNetV1cConfig(**backbone_overrides), **config_overrides
@@ -649,7 +649,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         run_name = Path(recipe_args.recipe).stem if recipe_args.recipe else model_args.preset or "Semantic FPN"
         title = f"{run_name}: {backbone.model_type}{depth} backbone"
         plot_training_curves(trainer.state.log_history, output_dir / "training_curves.png", title=title)
+    if trainer.is_world_process_zero():
+        print(f"Model, image processor and reports in {output_dir.resolve()}")
     return results
+
+
+def command_line(argv: Sequence[str] | None = None) -> int:
+    """`fpn-seg train` / `python -m fpn_seg.train`: [`main`], with the errors a user can fix (bad arguments, recipe,
+    data or output folder) printed as one line instead of a traceback; returns the exit status (0, or 2)."""
+    try:
+        main(argv)
+    except (ValueError, KeyError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"fpn-seg train: error: {type(error).__name__}: {message}", file=sys.stderr)
+        return 2
+    return 0
 
 
 __all__ = [
@@ -664,6 +678,7 @@ __all__ = [
     "check_eval_batch_size",
     "check_output_dir",
     "check_first_batch_labels",
+    "command_line",
     "convert_to_sync_batch_norm",
     "example_seed",
     "load_training_data",
@@ -675,4 +690,4 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
-    main()
+    sys.exit(command_line())

@@ -291,7 +291,7 @@ def load_prepared(path: str | os.PathLike, **load_dataset_kwargs) -> DatasetDict
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fpn_seg.data.prepare",
+        prog="fpn-seg prepare",
         description="Check the official Cityscapes / ADE20K files and write them as a Parquet DatasetDict.",
     )
     parser.add_argument("dataset", choices=["cityscapes", "ade20k"])

@@ -430,7 +430,7 @@ def generate_street_scenes(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m fpn_seg.data.synthetic", description="Write synthetic street scenes in the Cityscapes layout."
+        prog="fpn-seg synthetic", description="Write synthetic street scenes in the Cityscapes layout."
     )
     parser.add_argument("--output", "-o", required=True, help="dataset root (leftImg8bit/ and gtFine/ go here)")
     parser.add_argument("--num-train", type=int, default=300)
