@@ -73,6 +73,11 @@ def test_whole_inference_equals_processor_model_post_process_and_ignores_batchin
         torch.testing.assert_close(image_probabilities.sum(0), torch.ones(image.shape[:2]))
     one_by_one = segment(model, processor, images, batch_size=1)
     assert all(torch.equal(a, b) for a, b in zip(label_maps, one_by_one))
+    same_size = [images[0], images[2]]
+    as_batches = [np.stack(same_size), torch.from_numpy(np.stack(same_size)).permute(0, 3, 1, 2)]  # BHWC, BCHW
+    expected = segment(model, processor, same_size)
+    for batch in as_batches:
+        assert all(torch.equal(a, b) for a, b in zip(segment(model, processor, batch), expected))
 
 
 def test_segment_runs_an_exact_optimised_copy_and_leaves_the_model_alone():

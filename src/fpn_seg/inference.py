@@ -205,7 +205,8 @@ def segment(
         model: a `SemanticFPNForSemanticSegmentation` (any model returning `logits` at the input size); put in eval
             mode for the call (its training mode is restored afterwards).
         processor: gives the test scale, the normalisation and the resizing (see [`SemanticFPNImageProcessor`]).
-        images: one image or a list, in any form `image_to_tensor` reads (PIL, paths, arrays, tensors).
+        images: one image, a list, or a 4-D batch (array or tensor), in any form `image_to_tensor` reads (PIL,
+            paths, arrays, tensors).
         mode: `"whole"` or `"slide"` (then `crop_size` and `stride`, ints or (height, width), are required).
         scales: ratios of the test scale for multi-scale testing, e.g. `MMSEG_MS_RATIOS`; `None`: one scale.
         flip: add a horizontally flipped view of every scale.
@@ -224,6 +225,8 @@ def segment(
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     scales = None if scales is None else _check_scales(scales)
     several_views = scales is not None or flip
+    if isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim == 4:  # a batch (B, C, H, W) or (B, H, W, C)
+        images = list(images)
     tensors = [image_to_tensor(image) for image in (images if isinstance(images, (list, tuple)) else [images])]
     label_maps: list[torch.Tensor | None] = [None] * len(tensors)
     probabilities: list[torch.Tensor | None] = [None] * len(tensors)
