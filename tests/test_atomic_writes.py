@@ -39,7 +39,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def hidden(parent: Path, name: str) -> list[Path]:
+    """The hidden siblings `.<name>.*` of folder `name` (whole-folder writes: `prepare`)."""
     return sorted(path for path in parent.iterdir() if path.name.startswith(f".{name}."))
+
+
+def hidden_inside(folder: Path) -> list[Path]:
+    """The hidden staging folders of `save_pretrained` inside a model folder (`.saving-*`, `.previous-*`)."""
+    return sorted(path for path in folder.iterdir() if path.name.startswith((".saving-", ".previous-")))
 
 
 def weights_equal(model: torch.nn.Module, other: torch.nn.Module) -> bool:
@@ -118,8 +124,8 @@ def test_save_pretrained_killed_mid_write_leaves_the_previous_model(previous_sav
     assert weights_equal(AutoModelForSemanticSegmentation.from_pretrained(folder), previous)
     # The torn write happened in the hidden staging folder, which stays behind and does not load.
     torn = Path(signal_file.read_text())
-    (staging,) = hidden(folder.parent, "model")
-    assert torn.parent == staging and staging.name.startswith(".model.saving-")
+    (staging,) = hidden_inside(folder)
+    assert torn.parent == staging and staging.name.startswith(".saving-")
     with pytest.raises(OSError, match="truncated or corrupt"):
         SemanticFPNForSemanticSegmentation.from_pretrained(staging)
     # The next save works beside it.
@@ -159,7 +165,7 @@ def test_save_pretrained_killed_while_moving_in_leaves_no_loadable_mix(previous_
     assert set(left) == processor_files | {"README.md", "checkpoint-2/trainer_state.json"}
     with pytest.raises(ValueError, match="Unrecognized model"):
         AutoModelForSemanticSegmentation.from_pretrained(folder)
-    (retired,) = [path for path in hidden(folder.parent, "model") if ".previous-" in path.name]
+    (retired,) = [path for path in hidden_inside(folder) if path.name.startswith(".previous-")]
     assert {**left, **snapshot(retired)} == before  # every previous byte is still on disk
     for path in retired.iterdir():
         path.rename(folder / path.name)
@@ -183,7 +189,7 @@ def test_an_error_while_moving_in_puts_the_previous_save_back(previous_save, mon
     with pytest.raises(OSError, match="Input/output error"):
         SemanticFPNForSemanticSegmentation(tiny_config(num_labels=4)).save_pretrained(folder)
     monkeypatch.undo()
-    assert snapshot(folder) == before and not hidden(folder.parent, "model")
+    assert snapshot(folder) == before and not hidden_inside(folder)
     assert weights_equal(AutoModelForSemanticSegmentation.from_pretrained(folder), previous)
 
 
@@ -199,7 +205,7 @@ def test_a_failed_save_leaves_the_previous_save_or_nothing(previous_save, tmp_pa
     model = SemanticFPNForSemanticSegmentation(tiny_config(num_labels=4))
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(folder)
-    assert snapshot(folder) == before and not hidden(tmp_path, "model")
+    assert snapshot(folder) == before and not hidden_inside(folder)
     with pytest.raises(OSError, match="No space left"):
         model.save_pretrained(tmp_path / "new")
     assert not (tmp_path / "new").exists() and not hidden(tmp_path, "new")
@@ -216,7 +222,7 @@ def test_a_failed_processor_save_keeps_the_previous_processor(previous_save, mon
     monkeypatch.setattr(SemanticFPNImageProcessor, "to_json_file", torn_json)
     with pytest.raises(OSError, match="No space left"):
         SemanticFPNImageProcessor(scale=(20, 10)).save_pretrained(folder)
-    assert snapshot(folder) == before and not hidden(folder.parent, "model")
+    assert snapshot(folder) == before and not hidden_inside(folder)
 
 
 def test_resaving_keeps_other_files_and_retires_old_weight_files(previous_save):
@@ -236,7 +242,7 @@ def test_resaving_keeps_other_files_and_retires_old_weight_files(previous_save):
     assert not [name for name in names if name.startswith("model-") or name.endswith(".index.json")]
     assert {"model.safetensors", "preprocessor_config.json", "README.md", "checkpoint-2"} <= names
     assert weights_equal(AutoModelForSemanticSegmentation.from_pretrained(folder), previous)
-    assert not hidden(folder.parent, "model")
+    assert not hidden_inside(folder)
 
 
 def test_push_to_hub_gets_the_saved_model_and_the_options(tmp_path):
@@ -324,3 +330,12 @@ def test_the_swap_window_keeps_the_previous_folder_under_a_recognisable_name(tmp
     (previous,) = [path for path in hidden(tmp_path, "data") if path.name.endswith(".previous")]
     assert snapshot(previous) == {"train-00000-of-00001.parquet": b"PAR1 previous"}
     shutil.rmtree(previous)
+
+
+def test_a_mount_point_is_refused_as_a_whole_folder_output():
+    """A mount point cannot be replaced by a rename (EBUSY): refused up front with the way out named. (Saving a model
+    into one works: `save_pretrained` stages inside the folder.)"""
+    from fpn_seg.atomic import check_output_dir
+
+    with pytest.raises(FileExistsError, match=r"is a mount point.*give a folder inside it"):
+        check_output_dir(Path("/"), overwrite=True)

@@ -18,6 +18,7 @@ import PIL.Image
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 from datasets import Dataset, DatasetDict, Image, concatenate_datasets
 from safetensors.torch import load_file
 from transformers import TrainingArguments
@@ -30,11 +31,13 @@ from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
 from fpn_seg.metrics import mean_iou
 from fpn_seg.train import (
     AugmentedTrainDataset,
+    DataArguments,
     EpochShuffleSampler,
     ModelArguments,
     SemanticFPNTrainer,
     available_recipes,
     build_model,
+    build_processor,
     convert_to_sync_batch_norm,
     main,
     parse_arguments,
@@ -449,3 +452,44 @@ def test_sync_bn_needs_cuda_processes():
         convert_to_sync_batch_norm(model, world_size=2, device=torch.device("cpu"))
     converted = convert_to_sync_batch_norm(model, world_size=2, device=torch.device("cuda"))
     assert isinstance(converted[1], torch.nn.SyncBatchNorm)
+
+
+def test_sgd_decays_every_parameter_as_mmseg(tmp_path):
+    """One SGD group at the arguments' learning rate and weight decay: biases and norms decay too (mmseg has no
+    `paramwise_cfg` in sem_fpn); the trainer also takes `args` positionally, as `Trainer` does."""
+    from fpn_seg import SemanticFPNForSemanticSegmentation
+
+    model = SemanticFPNForSemanticSegmentation(tiny_config())
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=0.01, weight_decay=5e-4, report_to=[], use_cpu=True
+    )
+    optimizer = SemanticFPNTrainer(model, args, momentum=0.9).create_optimizer()
+    assert isinstance(optimizer, torch.optim.SGD)
+    decayed = [group for group in optimizer.param_groups if group["params"]]
+    assert len(decayed) == 1 and decayed[0]["weight_decay"] == 5e-4 and decayed[0]["lr"] == 0.01
+    assert decayed[0]["momentum"] == 0.9
+    assert len(decayed[0]["params"]) == len(list(model.parameters()))
+
+
+def test_a_saved_model_keeps_its_processor_and_takes_checked_overrides(tmp_path):
+    """`--model_name_or_path`: the saved processor's test scale (not the default), the config's label policy, and
+    `--config_overrides` validated like any config (ids as ints, label2id rebuilt, bad values refused)."""
+    from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+
+    config = tiny_config(num_labels=5)
+    config.reduce_labels = True
+    SemanticFPNForSemanticSegmentation(config).save_pretrained(tmp_path / "ade")
+    SemanticFPNImageProcessor.from_model_config(config, scale=(2048, 512)).save_pretrained(tmp_path / "ade")
+    model_args = ModelArguments(model_name_or_path=str(tmp_path / "ade"))
+    processor = build_processor(model_args, DataArguments(), config)
+    assert tuple(processor.scale) == (2048, 512) and processor.do_reduce_labels
+    assert tuple(build_processor(model_args, DataArguments(scale=[1024, 256]), config).scale) == (1024, 256)
+
+    overrides = '{"id2label": {"0": "sky", "1": "road", "2": "car"}}'
+    model = build_model(ModelArguments(model_name_or_path=str(tmp_path / "ade"), config_overrides=overrides), True)
+    assert model.config.id2label == {0: "sky", 1: "road", 2: "car"} and model.config.label2id["car"] == 2
+    assert model.decode_head.classifier.out_channels == 3
+    with pytest.raises(ValueError, match="ignore_index"):
+        build_model(ModelArguments(model_name_or_path=str(tmp_path / "ade"), config_overrides='{"ignore_index": 2}'))
+    preset = SemanticFPNConfig.from_preset("fpn_r50_512x1024_80k_cityscapes", id2label={0: "bg", 1: "fg"})
+    assert preset.label2id == {"bg": 0, "fg": 1}

@@ -80,11 +80,16 @@ def replace_directory(new: str | os.PathLike, target: str | os.PathLike) -> None
 def check_output_dir(
     output_dir: str | os.PathLike, overwrite: bool, refuse: Callable[[str], Exception] = FileExistsError
 ) -> None:
-    """Refuse (raise `refuse(message)`) an existing non-empty `output_dir` unless `overwrite`, and anything that is
-    not a folder."""
+    """Refuse (raise `refuse(message)`) an existing non-empty `output_dir` unless `overwrite`, anything that is not a
+    folder, and a mount point."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise refuse(f"--output-dir {output_dir}: exists and is not a folder.")
+    if os.path.ismount(output_dir):
+        raise refuse(
+            f"--output-dir {output_dir}: is a mount point, which cannot be replaced by a rename (the output is written "
+            f"aside and swapped in whole); give a folder inside it, e.g. {output_dir / 'model'}."
+        )
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise refuse(
             f"--output-dir {output_dir}: the folder exists and is not empty; pass --overwrite (overwrite=True) to "

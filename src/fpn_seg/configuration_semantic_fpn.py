@@ -105,15 +105,16 @@ def save_folder_atomically(
     commit_file: str,
     retire: re.Pattern | None = None,
 ) -> Any:
-    """Run `save(folder)` into a fresh hidden sibling of `save_directory`, then move its files in, `commit_file` last.
+    """Run `save(folder)` into a fresh hidden folder inside `save_directory`, then move its files in, `commit_file`
+    last. (Inside, not beside it: the renames then stay on one file system even when the folder is a mount point.)
 
     `commit_file` is the file without which the folder does not load (`config.json` for a model,
     `preprocessor_config.json` for a processor). Steps, and what a crash (or `kill -9`) at each step leaves:
 
-    1. `save` writes into `.<name>.saving-<random>` next to the folder. Killed here: the folder is untouched; the
-       hidden folder stays behind and can be deleted.
+    1. `save` writes into `<folder>/.saving-<random>` (the folder is created if missing). Killed here: the folder's
+       files are untouched; the hidden folder stays behind and can be deleted.
     2. The folder's `commit_file`, then each file the new save replaces (same name, or matching `retire`: weight files
-       of an earlier save), move into `.<name>.previous-<random>`. From here until the end of step 3 the folder has
+       of an earlier save), move into `<folder>/.previous-<random>`. From here until the end of step 3 the folder has
        no `commit_file`, so loading it fails with a missing-file error instead of loading a mix; the previous files
        are all in the `.previous` folder (move them back to restore the previous save).
     3. The new files move in (each `os.replace` is atomic on one file system), `commit_file` last.
@@ -125,23 +126,27 @@ def save_folder_atomically(
     target = Path(save_directory).absolute()
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"save_pretrained: {target} is a file; expected a folder (created when missing).")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _hidden_sibling(target, "saving")
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    staging = _hidden_folder(target, "saving")
     try:
         result = save(str(staging))
         new_names = sorted(path.name for path in staging.iterdir())
         if commit_file not in new_names:
             raise RuntimeError(f"save_pretrained wrote no {commit_file} (wrote {new_names}); nothing was replaced.")
-        target.mkdir(exist_ok=True)
         _move_in(staging, target, new_names, commit_file, retire)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(target.iterdir()):
+            target.rmdir()  # a failed first save leaves no folder
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return result
 
 
-def _hidden_sibling(target: Path, role: str) -> Path:
-    """A new empty folder `.<name>.<role>-<random>` next to `target`, with the permissions of an ordinary folder."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.{role}-", dir=target.parent))
+def _hidden_folder(target: Path, role: str) -> Path:
+    """A new empty folder `.<role>-<random>` inside `target`, with the permissions of an ordinary folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=target))
     umask = os.umask(0)
     os.umask(umask)
     folder.chmod(0o777 & ~umask)  # mkdtemp makes a private (0700) folder
@@ -160,7 +165,7 @@ def _move_in(staging: Path, target: Path, new_names: list[str], commit_file: str
         for path in target.iterdir()
         if retire is not None and path.name not in replaced and path.is_file() and retire.fullmatch(path.name)
     )
-    previous = _hidden_sibling(target, "previous") if replaced else None
+    previous = _hidden_folder(target, "previous") if replaced else None
     moved_in: list[str] = []
     try:
         for name in replaced:
@@ -236,6 +241,8 @@ class SemanticFPNConfig(PreTrainedConfig):
         if self.label_map is not None:
             self.label_map = {int(raw): int(train) for raw, train in self.label_map.items()}
         super().__post_init__(**kwargs)
+        if self.id2label is not None:  # always the inverse of id2label (a stale one would outlive changed classes)
+            self.label2id = {str(name): int(index) for index, name in self.id2label.items()}
         self._check()
 
     @staticmethod
@@ -290,7 +297,6 @@ class SemanticFPNConfig(PreTrainedConfig):
         fields = {
             "backbone_config": backbone_config,
             "id2label": dict(enumerate(class_names)),
-            "label2id": {name: index for index, name in enumerate(class_names)},
             "reduce_labels": preset.reduce_labels,
         }
         fields.update(kwargs)

@@ -151,6 +151,16 @@ def _array_to_uint8_chw(array: np.ndarray, channels_first: bool, what: str) -> t
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
+def label_policy_options(config) -> dict[str, Any]:
+    """The processor options that carry a `SemanticFPNConfig`'s label policy (`do_reduce_labels`, `label_map`,
+    `ignore_index`)."""
+    return {
+        "do_reduce_labels": config.reduce_labels,
+        "label_map": config.label_map,
+        "ignore_index": config.ignore_index,
+    }
+
+
 def image_to_tensor(image: Any) -> torch.Tensor:
     """Any image a user has -> a (3, H, W) uint8 RGB tensor (possibly a channels-last view of an (H, W, 3) buffer).
 
@@ -350,12 +360,7 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
     def from_model_config(cls, config, **kwargs) -> "SemanticFPNImageProcessor":
         """A processor carrying the label policy (`reduce_labels`, `label_map`, `ignore_index`) of a
         `SemanticFPNConfig`; `kwargs` set the other options (e.g. `scale`)."""
-        policy = {
-            "do_reduce_labels": config.reduce_labels,
-            "label_map": config.label_map,
-            "ignore_index": config.ignore_index,
-        }
-        return cls(**{**policy, **kwargs})
+        return cls(**{**label_policy_options(config), **kwargs})
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "SemanticFPNImageProcessor":
@@ -545,4 +550,4 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         return label_maps
 
 
-__all__ = ["SemanticFPNImageProcessor", "SemanticFPNImageProcessorKwargs", "image_to_tensor", "label_to_tensor"]
+__all__ = ["SemanticFPNImageProcessor", "SemanticFPNImageProcessorKwargs", "image_to_tensor", "label_policy_options", "label_to_tensor"]

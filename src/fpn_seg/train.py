@@ -65,7 +65,12 @@ from .data import (
     load_image_label_dataset,
 )
 from .data.transforms import single_threaded
-from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
+from .image_processing_semantic_fpn import (
+    SemanticFPNImageProcessor,
+    image_to_tensor,
+    label_policy_options,
+    label_to_tensor,
+)
 from .metrics import format_iou_table, make_compute_metrics
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
 from .visualize import plot_training_curves
@@ -263,8 +268,12 @@ def build_model(model_args: ModelArguments, ignore_mismatched_sizes: bool = Fals
             raise ValueError("Give --model_name_or_path (a whole Semantic FPN) or --backbone_name_or_path, not both.")
         if backbone_overrides:
             logger.warning("--backbone_overrides is ignored with --model_name_or_path (its config has the backbone).")
+        config = None
+        if config_overrides:  # through the config class, so that they are normalised and checked like any config
+            saved = SemanticFPNConfig.from_pretrained(model_args.model_name_or_path)
+            config = SemanticFPNConfig.from_dict({**saved.to_dict(), **config_overrides})
         return SemanticFPNForSemanticSegmentation.from_pretrained(
-            model_args.model_name_or_path, ignore_mismatched_sizes=ignore_mismatched_sizes, **config_overrides
+            model_args.model_name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes
         )
     if model_args.backbone_name_or_path:
         # Backbone config and weights come from the folder; overrides may only change what the weights allow.
@@ -282,6 +291,25 @@ def build_model(model_args: ModelArguments, ignore_mismatched_sizes: bool = Fals
         model_args.preset, backbone_config=ResNetV1cConfig(**backbone_overrides), **config_overrides
     )
     return SemanticFPNForSemanticSegmentation(config)
+
+
+def build_processor(
+    model_args: ModelArguments, data_args: DataArguments, config: SemanticFPNConfig
+) -> SemanticFPNImageProcessor:
+    """The processor of the run: the label policy always from the model config; the test scale from `--scale`, else
+    from the saved model's processor (`--model_name_or_path` with a `preprocessor_config.json`; its other settings
+    too), else from `--preset`, else the processor's default."""
+    scale = {"scale": tuple(data_args.scale)} if data_args.scale else {}
+    if model_args.model_name_or_path:
+        try:
+            return SemanticFPNImageProcessor.from_pretrained(
+                model_args.model_name_or_path, **label_policy_options(config), **scale
+            )
+        except OSError:  # no preprocessor_config.json: the config alone
+            pass
+    if not scale and model_args.preset:
+        scale = {"scale": get_preset(model_args.preset).test_scale}
+    return SemanticFPNImageProcessor.from_model_config(config, **scale)
 
 
 def check_output_dir(output_dir: Path, checkpoint: str | None, overwrite: bool) -> None:
@@ -457,16 +485,18 @@ class SemanticFPNTrainer(Trainer):
     - Before evaluating, every process takes the main process's BatchNorm statistics (see the module docstring).
     """
 
-    def __init__(self, *args, momentum: float = 0.9, **kwargs):
+    def __init__(self, model=None, args: TrainingArguments | None = None, *more, momentum: float = 0.9, **kwargs):
         own_preprocessing = getattr(kwargs.get("compute_metrics"), "preprocess_logits_for_metrics", None)
         if own_preprocessing is not None and kwargs.get("preprocess_logits_for_metrics") == own_preprocessing:
             kwargs["preprocess_logits_for_metrics"] = None  # `prediction_step` applies it, before the padding
-        training_args = kwargs["args"]
-        optimizer = (
-            torch.optim.SGD,
-            {"lr": training_args.learning_rate, "momentum": momentum, "weight_decay": training_args.weight_decay},
-        )
-        super().__init__(*args, optimizer_cls_and_kwargs=optimizer, **kwargs)
+        super().__init__(model, args, *more, **kwargs)
+        if self.optimizer_cls_and_kwargs is None:  # `self.args` exists now, also when `Trainer` made the defaults
+            sgd = {"lr": self.args.learning_rate, "momentum": momentum, "weight_decay": self.args.weight_decay}
+            self.optimizer_cls_and_kwargs = (torch.optim.SGD, sgd)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """Every parameter, biases and norms included: mmseg's sem_fpn recipe decays them all (no `paramwise_cfg`)."""
+        return [name for name, _ in model.named_parameters()]
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """As `Trainer._save`, but the training arguments are kept as `training_args.json`, not as a pickle."""
@@ -583,9 +613,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     model = build_model(model_args, recipe_args.ignore_mismatched_sizes)
     config = model.config
     preset = get_preset(model_args.preset) if model_args.preset else None
-    scale = tuple(data_args.scale) if data_args.scale else (preset.test_scale if preset else None)
     crop_size = tuple(data_args.crop_size) if data_args.crop_size else (preset.crop_size if preset else (512, 512))
-    processor = SemanticFPNImageProcessor.from_model_config(config, **({"scale": scale} if scale else {}))
+    processor = build_processor(model_args, data_args, config)
 
     splits = [data_args.eval_split] if recipe_args.eval_only else None
     datasets = load_training_data(data_args, splits)
@@ -675,6 +704,7 @@ __all__ = [
     "SemanticFPNTrainer",
     "available_recipes",
     "build_model",
+    "build_processor",
     "check_eval_batch_size",
     "check_output_dir",
     "check_first_batch_labels",
