@@ -277,6 +277,16 @@ def test_compute_metrics_over_batches_equals_one_shot():
     class_ids = hook.preprocess_logits_for_metrics(logits, torch.zeros(2, 9, 12))
     assert class_ids.dtype == torch.uint8 and class_ids.shape == (2, 9, 12)
     assert torch.equal(class_ids.long(), hook.predict_classes(logits, (9, 12)))
+    # Labels the Trainer padded across processes (bottom rows of -100): logits resized to the real 9 rows only.
+    labels = torch.randint(0, num_labels, (2, 9, 12))
+    padded = torch.cat([labels, torch.full((2, 4, 12), -100)], dim=1)
+    class_ids = hook.preprocess_logits_for_metrics(logits, padded)
+    assert class_ids.shape == (2, 13, 12)
+    assert torch.equal(class_ids[:, :9].long(), hook.predict_classes(logits, (9, 12)))
+    unpadded = make_compute_metrics(num_labels)(EvalPrediction(predictions=class_ids[:, :9], label_ids=labels))
+    assert make_compute_metrics(num_labels)(EvalPrediction(predictions=class_ids, label_ids=padded)) == unpadded
+    # `Trainer.predict` without labels: class ids at the logits' size.
+    assert torch.equal(hook.preprocess_logits_for_metrics(logits, None).long(), logits.argmax(1))
 
 
 def test_trainer_batch_eval_metrics(tmp_path):

@@ -53,6 +53,9 @@ def test_hsv_follows_opencv_8bit_convention():
             assert abs((hsv[0, row, col] - h * 180 + 90) % 180 - 90) <= 0.6  # H in 0..179: rounded
             assert abs(hsv[1, row, col] - s * 255) <= 0.6 and hsv[2, row, col] == round(v * 255)
     assert (hsv_to_rgb_uint8(rgb_to_hsv_uint8(image)).int() - image.int()).abs().max() <= 6  # 180 hue steps
+    # HSV -> RGB truncates as OpenCV's vectorised path (cv2.cvtColor on a wide row: 255, 126, 126; rounding: 127).
+    row = torch.tensor([0, 128, 255], dtype=torch.uint8).view(3, 1, 1).expand(3, 1, 64)
+    assert hsv_to_rgb_uint8(row)[:, 0, 0].tolist() == [255, 126, 126]
 
 
 def test_photometric_distortion_changes_colours_but_keeps_greys_grey():

@@ -110,7 +110,10 @@ def rgb_to_hsv_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb_uint8(hsv: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 HSV (OpenCV's 8-bit convention) -> (3, H, W) uint8 RGB, float32 maths rounded to nearest."""
+    """(3, H, W) uint8 HSV (OpenCV's 8-bit convention) -> (3, H, W) uint8 RGB: float32 maths, truncated to uint8 as
+    OpenCV's vectorised 8-bit path does (`cv2.cvtColor` rounds only the few pixels at a row's end that its SIMD loop
+    leaves to scalar code, a number that depends on the CPU's vector width; measured against opencv 4.14 on random
+    64x256 HSV images: 0.002% of values differ, by 1)."""
     hue = hsv[0].to(torch.float32) * (6.0 / _HUE_RANGE)
     saturation = hsv[1].to(torch.float32) * (1.0 / 255.0)
     value = hsv[2].to(torch.float32) * (1.0 / 255.0)
@@ -127,7 +130,7 @@ def hsv_to_rgb_uint8(hsv: torch.Tensor) -> torch.Tensor:
     )  # (4, H, W)
     index = _SECTOR_TO_RGB[sector].permute(2, 0, 1)  # (3, H, W): table entry of R, G, B
     rgb = torch.gather(table, 0, index)
-    return torch.round(rgb * 255.0).clamp_(0, 255).to(torch.uint8)
+    return (rgb * 255.0).clamp_(0, 255).to(torch.uint8)
 
 
 def _convert(image: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:

@@ -385,6 +385,16 @@ def _normalise_id2label(
     return {index: names.get(index, f"class_{index}") for index in range(num_labels)}
 
 
+def _unpadded_size(label: torch.Tensor) -> tuple[int, int]:
+    """(height, width) of an (H, W) label map without the Trainer's bottom/right padding with -100 (real labels,
+    ignored pixels included, are never -100)."""
+    real = label != TRAINER_PADDING_INDEX
+    rows, columns = real.any(dim=1).nonzero(), real.any(dim=0).nonzero()
+    if len(rows) == 0:
+        return 0, 0
+    return int(rows.max()) + 1, int(columns.max()) + 1
+
+
 class MeanIoUComputeMetrics:
     """`compute_metrics` for `Trainer(batch_eval_metrics=True)`: a streaming [`MeanIoU`] fed one batch at a time.
 
@@ -404,9 +414,9 @@ class MeanIoUComputeMetrics:
     `torch.distributed.all_reduce` at `compute_result=True`.
 
     Pass `preprocess_logits_for_metrics=compute_metrics.preprocess_logits_for_metrics` to the Trainer as well: the
-    argmax then runs before that gather, which moves 1-byte class ids instead of C float logits per pixel. (The
-    gather needs every process's batch to have the same label size; the Trainer only pads the label height, with
-    -100, so evaluation batches of different sizes across processes are not supported by the Trainer itself.)
+    argmax then runs before that gather, which moves 1-byte class ids instead of C float logits per pixel. The
+    Trainer pads the labels' height across processes (with -100) before calling it; that is handled image by image.
+    It pads nothing else, so label widths must agree across processes (`fpn_seg.train.SemanticFPNTrainer` pads both).
 
     At `compute_result=True` it returns a flat dict of Python floats for the Trainer's logs: `mean_iou`,
     `mean_accuracy`, `overall_accuracy` and `iou_<class name>` per class, then resets for the next evaluation; the
@@ -456,13 +466,27 @@ class MeanIoUComputeMetrics:
             predicted.append(image_logits.argmax(dim=0))
         return torch.stack(predicted)  # (B, H, W)
 
-    def preprocess_logits_for_metrics(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
+    def preprocess_logits_for_metrics(self, logits: Any, labels: torch.Tensor | None) -> torch.Tensor:
         """The Trainer's `preprocess_logits_for_metrics`: (B, C, h, w) logits -> (B, H, W) class ids at the labels'
-        size, as uint8 when `num_labels <= 256` (int32 otherwise) so that the cross-process gather stays small."""
+        size, as uint8 when `num_labels <= 256` (int32 otherwise) so that the cross-process gather stays small.
+
+        The Trainer may already have padded the labels (at the bottom, with -100) to the largest height among
+        processes: each image's logits are resized to its own unpadded label size, and the padding stays out of the
+        count. Without labels (`Trainer.predict` on unlabelled data): class ids at the logits' size."""
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
-        predicted = self.predict_classes(logits, tuple(labels.shape[-2:]))
-        return predicted.to(torch.uint8 if self.num_labels <= 256 else torch.int32)
+        dtype = torch.uint8 if self.num_labels <= 256 else torch.int32
+        if labels is None:
+            return self.predict_classes(logits, tuple(logits.shape[-2:])).to(dtype)
+        labels = torch.as_tensor(labels)
+        labels = labels.reshape(labels.shape[0], *labels.shape[-2:])  # (B, H, W), also from (B, 1, H, W)
+        predicted = torch.zeros(labels.shape, dtype=dtype, device=labels.device)
+        for index, label in enumerate(labels):
+            height, width = _unpadded_size(label)
+            if height and width:
+                image_logits = logits[index : index + 1]
+                predicted[index, :height, :width] = self.predict_classes(image_logits, (height, width))[0].to(dtype)
+        return predicted
 
     def __call__(self, eval_prediction: Any, compute_result: bool = True) -> dict[str, float]:
         predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
