@@ -68,6 +68,28 @@ def test_second_call_reuses_and_other_parameters_need_overwrite(tmp_path):
     assert not image.exists() and len(list((tmp_path / "leftImg8bit").rglob("*.png"))) == 2
 
 
+def test_an_interrupted_generation_is_done_again(tmp_path, monkeypatch):
+    """Ctrl-C half-way (here: an error on the third scene) leaves a dataset marked unfinished; the next call, as a
+    second `make demo`, generates it again instead of refusing the folder."""
+    import fpn_seg.data.synthetic as synthetic
+
+    render, calls = synthetic.render_street_scene, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render_street_scene", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_street_scenes(tmp_path, num_train=4, num_val=1, size=(32, 64))
+    monkeypatch.undo()
+    root = generate_street_scenes(tmp_path, num_train=4, num_val=1, size=(32, 64))
+    data = load_cityscapes(root, progress=False)
+    assert (len(data["train"]), len(data["validation"])) == (4, 1)
+
+
 def test_cli(tmp_path, capsys):
     assert (
         main(["--output", str(tmp_path), "--num-train", "1", "--num-val", "1", "--height", "32", "--width", "48"]) == 0

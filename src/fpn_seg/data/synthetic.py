@@ -389,8 +389,8 @@ def generate_street_scenes(
     """Write `num_train` + `num_val` synthetic street scenes to `root` in the Cityscapes layout (label ids).
 
     If `root` already holds a generated dataset with the same parameters, nothing is written. A dataset generated
-    with other parameters is replaced only with `overwrite=True`; a `root` holding other Cityscapes-like files is
-    never touched. Returns `root`.
+    with other parameters is replaced only with `overwrite=True`; one whose generation was interrupted is generated
+    again; a `root` holding other Cityscapes-like files is never touched. Returns `root`.
     """
     root = Path(root)
     height, width = (int(side) for side in size)
@@ -399,9 +399,11 @@ def generate_street_scenes(
     params = {"num_train": num_train, "num_val": num_val, "size": [height, width], "seed": seed, "version": 3}
     manifest = root / MANIFEST_NAME
     if manifest.exists():
-        if json.loads(manifest.read_text()) == params:
+        recorded = json.loads(manifest.read_text())
+        finished = recorded.pop("complete", True)  # False while generating: an interrupted run is redone
+        if finished and recorded == params:
             return root
-        if not overwrite:
+        if finished and not overwrite:
             raise FileExistsError(
                 f"{root} holds synthetic scenes made with other parameters ({manifest}); pass overwrite=True "
                 "(--overwrite) to replace them."
@@ -413,6 +415,8 @@ def generate_street_scenes(
         raise FileExistsError(
             f"{root} already holds leftImg8bit/ or gtFine/ not made by this generator; use another folder."
         )
+    root.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps({**params, "complete": False}))
 
     jobs = [("train", i) for i in range(num_train)] + [("val", i) for i in range(num_val)]
     for split, index in tqdm(jobs, desc="synthetic scenes", disable=not progress):
