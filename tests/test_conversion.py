@@ -289,6 +289,14 @@ EDITS = {
         lambda ckpt: ckpt["meta"].update(CLASSES=tuple(reversed(ckpt["meta"]["CLASSES"]))),
         ConversionError, r"meta\['CLASSES'\].*0: 'bicycle' != 'road'",
     ),
+    "class names (mmseg 1.x)": (
+        lambda ckpt: ckpt.update(meta={"dataset_meta": {"classes": tuple(reversed(ckpt["meta"]["CLASSES"]))}}),
+        ConversionError, r"meta\['dataset_meta'\]\['classes'\].*0: 'bicycle' != 'road'",
+    ),
+    "module. duplicate": (
+        lambda ckpt: ckpt["state_dict"].update({"module.neck.fpn_convs.1.conv.bias": torch.zeros(32)}),
+        ConversionError, r"'neck\.fpn_convs\.1\.conv\.bias' both with and without the 'module\.' prefix",
+    ),
 }  # fmt: skip
 
 

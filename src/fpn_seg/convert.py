@@ -301,12 +301,19 @@ def load_checkpoint(path: str | os.PathLike) -> MMSegCheckpoint:
             f"{path}: the state dict holds entries that are not tensors: {', '.join(not_tensors[:10])}. Expected "
             "mmseg's {'state_dict': {name: tensor}, 'meta': {...}} or a bare {name: tensor} dict."
         )
-    return MMSegCheckpoint(path, strip_module_prefix(state_dict), dict(meta) if isinstance(meta, Mapping) else {})
+    try:
+        state_dict = strip_module_prefix(state_dict)
+    except ValueError as error:
+        raise ConversionError(f"{path}: {error}") from None
+    return MMSegCheckpoint(path, state_dict, dict(meta) if isinstance(meta, Mapping) else {})
 
 
 def check_class_names(meta: Mapping, preset: SemanticFPNPreset, source: str) -> bool:
-    """Compare `meta["CLASSES"]` (mmseg's class names, stripped) with the preset's; `False` when there are none."""
-    classes = meta.get("CLASSES")
+    """Compare mmseg's class names (`meta["CLASSES"]` of mmseg 0.x, `meta["dataset_meta"]["classes"]` of mmseg 1.x;
+    stripped) with the preset's; `False` when the checkpoint has none."""
+    classes, where = meta.get("CLASSES"), "meta['CLASSES']"
+    if classes is None and isinstance(meta.get("dataset_meta"), Mapping):
+        classes, where = meta["dataset_meta"].get("classes"), "meta['dataset_meta']['classes']"
     if classes is None:
         return False
     found = [str(name).strip() for name in classes]
@@ -316,7 +323,7 @@ def check_class_names(meta: Mapping, preset: SemanticFPNPreset, source: str) -> 
             f"{index}: {a!r} != {b!r}" for index, (a, b) in enumerate(zip(found, expected)) if a != b
         ][:5]
         raise ConversionError(
-            f"{source}: meta['CLASSES'] ({len(found)} names) does not match the {len(expected)} {preset.dataset} "
+            f"{source}: {where} ({len(found)} names) does not match the {len(expected)} {preset.dataset} "
             f"classes of preset {preset.name!r}" + (f" ({'; '.join(differences)})" if differences else "") + "."
         )
     return True

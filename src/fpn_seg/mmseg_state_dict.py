@@ -40,8 +40,15 @@ class CheckpointMismatchError(ValueError):
 
 
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the `module.` prefix that DataParallel / DDP checkpoints carry."""
-    return {key[len("module.") :] if key.startswith("module.") else key: value for key, value in state_dict.items()}
+    """Drop the `module.` prefix that DataParallel / DDP checkpoints carry; a `ValueError` when a key is present
+    both with and without it (two different tensors for one name)."""
+    stripped: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = key[len("module.") :] if key.startswith("module.") else key
+        if name in stripped:
+            raise ValueError(f"The state dict holds {name!r} both with and without the 'module.' prefix.")
+        stripped[name] = value
+    return stripped
 
 
 def map_mmseg_key(key: str) -> str | None:
