@@ -11,7 +11,8 @@ Safety and strictness:
 - checkpoints are read with `torch.load(weights_only=True)` only; a file that needs arbitrary unpickling is refused;
 - a file named `<name>-<hex>.pth` (the model-zoo convention) must have a sha256 starting with `<hex>`;
 - every key is mapped exactly once onto the target model (see `mmseg_state_dict`), shapes checked;
-- `meta["CLASSES"]`, when present, must equal the preset's class names;
+- mmseg's class names (`meta["CLASSES"]`, or mmseg 1.x's `meta["dataset_meta"]["classes"]`), when present, must equal
+  the preset's;
 - the output folder is written under a temporary sibling name and renamed into place at the end, so a refusal
   leaves nothing behind; an existing, non-empty output folder is only replaced with `overwrite=True`.
 
