@@ -381,8 +381,8 @@ def test_gradient_checkpointing_gives_the_same_step_and_recomputes_the_blocks(de
     checkpointed = SemanticFPNForSemanticSegmentation(tiny_config(depth=depth, classifier_dropout=0.0))
     checkpointed.load_state_dict(plain.state_dict())
     # transformers 5.24 renamed gradient_checkpointing_enable (kept as a deprecated alias) to activation_checkpointing_*
-    enable = getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable
-    enable()
+    enable = getattr(checkpointed, "activation_checkpointing_enable", None)
+    (enable or checkpointed.gradient_checkpointing_enable)()
     assert all(block.gradient_checkpointing for block in checkpointed.backbone.layer4)
     assert not any(block.gradient_checkpointing for block in plain.backbone.layer4)
     checkpointed.train()

@@ -1,7 +1,8 @@
 """`fpn-seg <command> ...`: one console entry point for the package's commands.
 
-Each command is the `command_line(argv)` or `main(argv)` of one module, imported only when the command runs (so `fpn-seg --help` does not
-load datasets, evaluate or matplotlib); `fpn-seg <command> --help` shows the command's own options.
+Each command is the `command_line(argv)` or `main(argv)` of one module, imported only when the command runs (so
+`fpn-seg --help` does not load datasets, evaluate or matplotlib); `fpn-seg <command> --help` shows the command's own
+options.
 """
 
 import difflib

@@ -586,4 +586,10 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         return label_maps
 
 
-__all__ = ["SemanticFPNImageProcessor", "SemanticFPNImageProcessorKwargs", "image_to_tensor", "label_policy_options", "label_to_tensor"]
+__all__ = [
+    "SemanticFPNImageProcessor",
+    "SemanticFPNImageProcessorKwargs",
+    "image_to_tensor",
+    "label_policy_options",
+    "label_to_tensor",
+]
