@@ -372,10 +372,8 @@ def test_trainer_gradient_accumulation_scales_the_loss(tmp_path):
     torch.testing.assert_close(model.decode_head.classifier.weight.detach(), expected_weight, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-def test_gradient_checkpointing_gives_the_same_step_and_recomputes_the_blocks(depth):
-    """Same loss, gradients and BatchNorm statistics as a plain step; each residual block runs twice (forward, then
-    again in the backward pass), and the recomputation leaves the running statistics alone."""
+def plain_and_checkpointed(depth: int) -> tuple[SemanticFPNForSemanticSegmentation, ...]:
+    """Two tiny models with the same weights, in training mode, the second with gradient checkpointing on."""
     torch.manual_seed(0)
     plain = SemanticFPNForSemanticSegmentation(tiny_config(depth=depth, classifier_dropout=0.0)).train()
     checkpointed = SemanticFPNForSemanticSegmentation(tiny_config(depth=depth, classifier_dropout=0.0))
@@ -383,9 +381,16 @@ def test_gradient_checkpointing_gives_the_same_step_and_recomputes_the_blocks(de
     # transformers 5.24 renamed gradient_checkpointing_enable (kept as a deprecated alias) to activation_checkpointing_*
     enable = getattr(checkpointed, "activation_checkpointing_enable", None)
     (enable or checkpointed.gradient_checkpointing_enable)()
+    return plain, checkpointed.train()
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_gradient_checkpointing_gives_the_same_step_and_recomputes_the_blocks(depth):
+    """Same loss, gradients and BatchNorm statistics as a plain step; each residual block runs twice (forward, then
+    again in the backward pass), and the recomputation leaves the running statistics alone."""
+    plain, checkpointed = plain_and_checkpointed(depth)
     assert all(block.gradient_checkpointing for block in checkpointed.backbone.layer4)
     assert not any(block.gradient_checkpointing for block in plain.backbone.layer4)
-    checkpointed.train()
     calls = []
     first_block = checkpointed.backbone.layer1[0]
     first_block.conv1.register_forward_hook(lambda *_: calls.append(1))
@@ -409,13 +414,8 @@ def test_gradient_checkpointing_gives_the_same_step_and_recomputes_the_blocks(de
 
 
 def test_gradient_checkpointing_under_torch_compile():
-    """Dynamo cannot trace the checkpoint's context_fn: the checkpointed blocks run eagerly inside the compiled model."""
-    torch.manual_seed(0)
-    plain = SemanticFPNForSemanticSegmentation(tiny_config(classifier_dropout=0.0)).train()
-    checkpointed = SemanticFPNForSemanticSegmentation(tiny_config(classifier_dropout=0.0))
-    checkpointed.load_state_dict(plain.state_dict())
-    (getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable)()
-    checkpointed.train()
+    """Dynamo cannot trace the checkpoint's context_fn: the checkpointed blocks run eagerly in the compiled model."""
+    plain, checkpointed = plain_and_checkpointed(depth=18)
     pixel_values, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
     plain(pixel_values, labels=labels).loss.backward()
     torch.compile(checkpointed, backend="aot_eager")(pixel_values, labels=labels).loss.backward()

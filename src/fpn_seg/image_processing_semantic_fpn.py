@@ -264,10 +264,9 @@ def _cv2_linear_taps(in_size: int, out_size: int, snap_to_edge: bool) -> tuple[t
     source = torch.floor(position)
     fraction = position - source
     source = source.to(torch.int64)
-    if snap_to_edge:
+    if snap_to_edge:  # all the weight on the edge pixel, which the clamp below picks
         outside = (source < 0) | (source >= in_size - 1)
         fraction = torch.where(outside, torch.zeros_like(fraction), fraction)
-        source = source.clamp(0, in_size - 1)
     weight0 = torch.round((1.0 - fraction) * 2048).to(torch.int32)  # round half to even, as cv2's saturate_cast
     weight1 = torch.round(fraction * 2048).to(torch.int32)
     return source.clamp(0, in_size - 1), (source + 1).clamp(0, in_size - 1), weight0, weight1
