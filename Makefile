@@ -1,5 +1,6 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv (CPU torch first, so that no CUDA build is
-# pulled in) and install the package with its dev extras.
+# pulled in) and install the package with its extras: dev (tests, notebooks), onnx (export, int8, ONNX Runtime), bench
+# (OpenVINO as the benchmarks' peer runtime).
 VENV ?= .venv
 # Where the CPU build of torch comes from: this project's machines serve it from their package index; where the index
 # serves CUDA builds (PyPI on Linux), use `make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu`.
@@ -15,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,onnx,bench]"
 	touch $(STAMP)
 
 test: $(STAMP)

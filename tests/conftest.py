@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from fpn_seg import ResNetV1cConfig, SemanticFPNConfig
+from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+from fpn_seg.mmseg_state_dict import convert_mmseg_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -37,6 +39,26 @@ def load_reference(name: str) -> tuple[dict[str, np.ndarray], dict]:
     arrays = dict(np.load(FIXTURES / f"{name}.npz"))
     checkpoint = torch.load(FIXTURES / f"{name}.pth", map_location="cpu", weights_only=True)
     return arrays, checkpoint
+
+
+def randomise_batch_norms(model: nn.Module) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, so that folding is not a no-op."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            channels = module.num_features
+            module.running_mean.copy_(torch.rand(channels, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(channels, generator=generator) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(channels, generator=generator) - 0.5)
+    return model
+
+
+def reference_model(name: str) -> tuple[SemanticFPNForSemanticSegmentation, dict]:
+    arrays, checkpoint = load_reference(name)
+    model = SemanticFPNForSemanticSegmentation(reference_config(name)).eval()
+    model.load_state_dict(convert_mmseg_state_dict(checkpoint["state_dict"], model), strict=True)
+    return model, arrays
 
 
 def tiny_config(num_labels: int = 4, depth: int = 18, **kwargs) -> SemanticFPNConfig:

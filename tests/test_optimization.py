@@ -8,13 +8,12 @@ import platform
 import numpy as np
 import pytest
 import torch
-from conftest import load_reference, reference_config, tiny_config
+from conftest import randomise_batch_norms, reference_model, tiny_config
 from torch import nn
 from transformers import ResNetConfig
 
 from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.modeling_semantic_fpn import SemanticFPNConvBlock
-from fpn_seg.mmseg_state_dict import convert_mmseg_state_dict
 from fpn_seg.modeling_resnet_v1c import fold_batch_norm_into_conv
 from fpn_seg.optimization import (
     FrozenCompiledModel,
@@ -28,19 +27,6 @@ from fpn_seg.optimization import (
 )
 
 EXACT_TOLERANCE = 1e-4  # max |logits - baseline logits| of every exact (float32) path
-
-
-def randomise_batch_norms(model: nn.Module) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters, so that folding is not a no-op."""
-    generator = torch.Generator().manual_seed(0)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            channels = module.num_features
-            module.running_mean.copy_(torch.rand(channels, generator=generator) * 2 - 1)
-            module.running_var.copy_(torch.rand(channels, generator=generator) * 1.5 + 0.5)
-            module.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.rand(channels, generator=generator) - 0.5)
-    return model
 
 
 def tiny_model(depth: int = 18, **kwargs) -> SemanticFPNForSemanticSegmentation:
@@ -57,13 +43,6 @@ def model_with_backbone(backbone_config) -> SemanticFPNForSemanticSegmentation:
 def logits_of(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         return model(pixel_values=pixel_values).logits.float()
-
-
-def reference_model(name: str) -> tuple[SemanticFPNForSemanticSegmentation, dict]:
-    arrays, checkpoint = load_reference(name)
-    model = SemanticFPNForSemanticSegmentation(reference_config(name)).eval()
-    model.load_state_dict(convert_mmseg_state_dict(checkpoint["state_dict"], model), strict=True)
-    return model, arrays
 
 
 # ------------------------------------------------------------------------------------------------ BatchNorm folding

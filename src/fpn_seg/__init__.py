@@ -21,10 +21,14 @@ __version__ = "0.1.0"
 
 class _RegisteredSegmenterFilter(logging.Filter):
     """`pipeline("image-segmentation")` checks the model class against transformers' built-in name tables only and
-    logs an error for registered models such as ours, although it runs them correctly; drop that one message."""
+    logs an error for registered models such as ours (and for the ONNX Runtime model), although it runs them
+    correctly; drop that one message."""
+
+    MODELS = ("SemanticFPNForSemanticSegmentation", "ORTModelForSemanticSegmentation")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "'SemanticFPNForSemanticSegmentation' is not supported for image-segmentation" not in record.getMessage()
+        message = record.getMessage()
+        return not any(f"'{name}' is not supported for image-segmentation" in message for name in self.MODELS)
 
 
 transformers_logging.get_logger("transformers.pipelines.base").addFilter(_RegisteredSegmenterFilter())

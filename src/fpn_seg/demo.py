@@ -1,5 +1,5 @@
 """The `make demo` job: synthetic street scenes -> Trainer fine-tuning -> saved model -> AutoModel and pipeline ->
-overlays of held-out images, on a CPU in a few minutes.
+ONNX export with int8 -> overlays of held-out images, on a CPU in a few minutes.
 
     python -m fpn_seg.demo [--output-dir demo_output] [--retrain]
 
@@ -22,6 +22,7 @@ from .train import main as train_main
 from .visualize import overlay
 
 NUM_OVERLAYS = 6
+NUM_CALIBRATION_IMAGES = 32
 
 
 def train_demo_model(data_dir: Path, model_dir: Path, extra_arguments: list[str]) -> None:
@@ -44,6 +45,37 @@ def pixel_agreement(label_maps: list[torch.Tensor], reference_maps: list[torch.T
     return equal / sum(reference.numel() for reference in reference_maps)
 
 
+def onnx_int8_results(model_dir, onnx_dir, data_dir, processor, held_out, predictions, results, args) -> dict:
+    """Export the demo model to ONNX with its int8 copy (reused when it exists and the model was not retrained), run
+    the int8 model on the held-out images, print its agreement with float32 and both mIoUs; {} without `[onnx]`."""
+    try:
+        from .deployment import ORTModelForSemanticSegmentation, QUANTIZED_FILE_NAME, export_onnx, require
+
+        require("onnx", "onnxruntime", "onnxscript")
+    except ImportError as error:
+        print(f"  skipped: {error}")
+        return {}
+    if args.retrain or not (onnx_dir / QUANTIZED_FILE_NAME).is_file() or _older(onnx_dir, model_dir):
+        calibration = sorted((data_dir / "leftImg8bit" / "train").rglob("*.png"))[:NUM_CALIBRATION_IMAGES]
+        report = export_onnx(model_dir, onnx_dir, int8=True, calibration_images=calibration, overwrite=True)
+        print(report.summary())
+    else:
+        print(f"  reusing {onnx_dir}")
+    int8_model = ORTModelForSemanticSegmentation.from_pretrained(onnx_dir, precision="int8")
+    int8_results, int8_predictions = evaluate_held_out(int8_model, processor, held_out)
+    agreement = pixel_agreement(int8_predictions, predictions)
+    print(
+        f"ONNX Runtime int8: {100 * agreement:.2f}% of the pixels get the float32 label; "
+        f"mIoU {100 * int8_results['mean_iou']:.2f} (float32: {100 * results['mean_iou']:.2f})"
+    )
+    return {"int8_mean_iou": float(int8_results["mean_iou"]), "int8_pixel_agreement": agreement}
+
+
+def _older(folder: Path, than: Path) -> bool:
+    """Whether `folder`'s config is older than the model's weights in `than` (the model was trained since)."""
+    return (folder / "config.json").stat().st_mtime < (than / "model.safetensors").stat().st_mtime
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fpn_seg.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="demo_output", type=Path)
@@ -61,16 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     data_dir, model_dir, overlay_dir = args.output_dir / "data", args.output_dir / "model", args.output_dir / "overlays"
 
-    print(f"[1/5] Synthetic street scenes in {data_dir}")
+    print(f"[1/6] Synthetic street scenes in {data_dir}")
     generate_street_scenes(data_dir, num_train=args.num_train, num_val=args.num_val, size=(height, width), seed=0)
 
     if args.retrain or not (model_dir / "model.safetensors").exists():
-        print(f"[2/5] Fine-tuning a ResNetV1c-18 Semantic FPN with the Trainer (recipe 'demo') into {model_dir}")
+        print(f"[2/6] Fine-tuning a ResNetV1c-18 Semantic FPN with the Trainer (recipe 'demo') into {model_dir}")
         train_demo_model(data_dir, model_dir, extra)
     else:
-        print(f"[2/5] Reusing the trained model in {model_dir} (--retrain to train again)")
+        print(f"[2/6] Reusing the trained model in {model_dir} (--retrain to train again)")
 
-    print("[3/5] Reloading with AutoModelForSemanticSegmentation and AutoImageProcessor")
+    print("[3/6] Reloading with AutoModelForSemanticSegmentation and AutoImageProcessor")
     model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
     held_out = load_cityscapes(data_dir, splits=("val",), progress=False)["validation"]
@@ -90,9 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_mean_iou": float(bf16_results["mean_iou"]),
         "bf16_pixel_agreement": agreement,
     }
+    onnx_dir = args.output_dir / "onnx"
+    print(f"[4/6] ONNX export and static int8 (calibrated on {NUM_CALIBRATION_IMAGES} training scenes) into {onnx_dir}")
+    summary.update(onnx_int8_results(model_dir, onnx_dir, data_dir, processor, held_out, predictions, results, args))
     (model_dir / "held_out_results.json").write_text(json.dumps(summary, indent=2))
 
-    print(f"[4/5] pipeline('image-segmentation') on {NUM_OVERLAYS} held-out images -> {overlay_dir}")
+    print(f"[5/6] pipeline('image-segmentation') on {NUM_OVERLAYS} held-out images -> {overlay_dir}")
     segmenter = pipeline("image-segmentation", model=str(model_dir))
     overlay_dir.mkdir(parents=True, exist_ok=True)
     held_out[0]["image"].save(args.output_dir / "street.png")  # the image the README's snippets use
@@ -106,17 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             ]
         overlay(image, label_map, model.config.id2label).save(overlay_dir / f"held_out_{index:02d}.png")
 
-    print("[5/5] Done in {:.0f} s. Outputs:".format(time.perf_counter() - started))
+    print("[6/6] Done in {:.0f} s. Outputs:".format(time.perf_counter() - started))
     print(f"  dataset          {data_dir}")
     print(f"  model folder     {model_dir}  (AutoModelForSemanticSegmentation / pipeline load it)")
     print(f"  training curve   {model_dir / 'training_curves.png'}")
     print(f"  overlays         {overlay_dir}/held_out_*.png")
+    if (onnx_dir / "model.onnx").is_file():
+        print(f"  ONNX folder      {onnx_dir}  (fpn-seg predict {onnx_dir} IMAGES --onnx [--int8])")
     print(f"  a held-out scene {args.output_dir / 'street.png'}  (the README's snippets use it)")
     print(f"  held-out mIoU    {100 * results['mean_iou']:.2f}")
     return 0
 
 
-__all__ = ["evaluate_held_out", "main", "pixel_agreement", "train_demo_model"]
+__all__ = ["evaluate_held_out", "main", "onnx_int8_results", "pixel_agreement", "train_demo_model"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -31,14 +31,24 @@ InferenceMode = Literal["whole", "slide"]
 MMSEG_MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
+def model_device_and_dtype(model) -> tuple[torch.device, torch.dtype]:
+    """Where a model's inputs go and their float dtype: its `device` / `dtype` (transformers models, the ONNX Runtime
+    model), else those of its first parameter."""
+    device, dtype = getattr(model, "device", None), getattr(model, "dtype", None)
+    if isinstance(device, torch.device) and isinstance(dtype, torch.dtype):
+        return device, dtype
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
 def model_logits(model: nn.Module, pixel_values: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """Run `model` on normalised `pixel_values` (B, 3, h, w): float32 logits (B, N, h, w) on the model's device.
 
     The one place where the model is called; `bf16` runs it under bfloat16 autocast.
     """
-    parameter = next(model.parameters())
-    pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-    with torch.autocast(device_type=parameter.device.type, dtype=torch.bfloat16, enabled=bf16):
+    device, dtype = model_device_and_dtype(model)
+    pixel_values = pixel_values.to(device=device, dtype=dtype)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(pixel_values=pixel_values, return_dict=True).logits
     return logits.float()
 
@@ -202,8 +212,9 @@ def segment(
     original size, on the CPU.
 
     Args:
-        model: a `SemanticFPNForSemanticSegmentation` (any model returning `logits` at the input size); put in eval
-            mode for the call (its training mode is restored afterwards).
+        model: a `SemanticFPNForSemanticSegmentation` (any model returning `logits` at the input size, such as
+            `fpn_seg.deployment.ORTModelForSemanticSegmentation`); put in eval mode for the call (its training mode
+            is restored afterwards).
         processor: gives the test scale, the normalisation and the resizing (see [`SemanticFPNImageProcessor`]).
         images: one image, a list, or a 4-D batch (array or tensor), in any form `image_to_tensor` reads (PIL,
             paths, arrays, tensors).
@@ -221,6 +232,11 @@ def segment(
         `label_maps`, or `(label_maps, probabilities)` when `return_probabilities`.
     """
     infer = _inference_function(mode, crop_size, stride, bf16)
+    if bf16 and not isinstance(model, nn.Module):
+        raise ValueError(
+            f"bf16=True runs a torch model under bfloat16 autocast; {type(model).__name__} runs at the precision it "
+            "was loaded with (e.g. ORTModelForSemanticSegmentation.from_pretrained(folder, precision='int8'))."
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     scales = None if scales is None else _check_scales(scales)
@@ -254,6 +270,7 @@ def segment(
 
 __all__ = [
     "MMSEG_MS_RATIOS",
+    "model_device_and_dtype",
     "model_logits",
     "multiscale_flip_inference",
     "prepare_model",

@@ -1,0 +1,23 @@
+"""The `[onnx]` extra: importing onnx / onnxruntime / onnxscript, or an `ImportError` that names the extra."""
+
+import importlib
+from types import ModuleType
+
+ONNX_EXTRA = "pip install 'fpn_seg[onnx]'"
+
+
+def require(*modules: str, purpose: str = "ONNX export and ONNX Runtime inference") -> list[ModuleType]:
+    """The named modules, imported; an `ImportError` naming the missing one and the `[onnx]` extra otherwise."""
+    imported = []
+    for name in modules:
+        try:
+            imported.append(importlib.import_module(name))
+        except ImportError as error:
+            raise ImportError(
+                f"{purpose} needs the {name.split('.')[0]} package, which is not installed ({error}); install the "
+                f"extra: {ONNX_EXTRA}."
+            ) from None
+    return imported
+
+
+__all__ = ["ONNX_EXTRA", "require"]
