@@ -19,7 +19,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,onnx,bench]"
 	touch $(STAMP)
 
+# transformers' own common tests come from the sdist of the installed version (downloaded once into .cache/).
 test: $(STAMP)
+	$(PY) tests/transformers_suite.py
 	$(PY) -m pytest -q
 
 # Synthetic street scenes -> Trainer fine-tuning -> AutoModel + pipeline -> overlays; reuses what exists.

@@ -63,10 +63,10 @@ def benchmark_model(tiny: bool):
     """The randomised R-50 (Cityscapes preset), or for `--tiny` a narrow ResNetV1c-18 (a smoke run)."""
     if not tiny:
         return randomised_model(50)
-    from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+    from fpn_seg import ResNetV1cConfig, SemanticFPNForSemanticSegmentation, preset_config
 
     backbone = ResNetV1cConfig(depth=18, stem_channels=8, base_channels=8)
-    config = SemanticFPNConfig.from_preset(PRESET, backbone_config=backbone, neck_channels=16, head_channels=8)
+    config = preset_config(PRESET, backbone_config=backbone, neck_channels=16, head_channels=8)
     return SemanticFPNForSemanticSegmentation(config).eval()
 
 

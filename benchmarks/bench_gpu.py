@@ -30,6 +30,7 @@ import torch
 from bench_model import print_table
 from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.optimization import optimize_for_inference
+from fpn_seg.presets import preset_config
 
 # mmseg's sem_fpn table on V100s: inference fps and training memory (GB) at 4 GPUs x the per-GPU batch.
 SEED = {
@@ -55,11 +56,11 @@ def build_model(preset: str, tiny: bool) -> SemanticFPNForSemanticSegmentation:
     """The preset's architecture with random weights; `tiny`: narrow widths (for a smoke run)."""
     torch.manual_seed(0)
     if not tiny:
-        return SemanticFPNForSemanticSegmentation(SemanticFPNConfig.from_preset(preset))
+        return SemanticFPNForSemanticSegmentation(preset_config(preset))
     depth = 50 if "r50" in preset else 101
     backbone = ResNetV1cConfig(depth=depth, stem_channels=8, base_channels=8)
     return SemanticFPNForSemanticSegmentation(
-        SemanticFPNConfig.from_preset(preset, backbone_config=backbone, neck_channels=16, head_channels=8)
+        preset_config(preset, backbone_config=backbone, neck_channels=16, head_channels=8)
     )
 
 

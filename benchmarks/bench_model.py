@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.optimization import bf16_autocast, optimize_for_inference, prediction_agreement, retain_freed_memory
+from fpn_seg.presets import preset_config
 
 PRESET_OF_DEPTH = {50: "fpn_r50_512x1024_80k_cityscapes", 101: "fpn_r101_512x1024_80k_cityscapes"}
 TRAIN_PRESET_OF_DEPTH = {50: "fpn_r50_512x512_160k_ade20k", 101: "fpn_r101_512x512_160k_ade20k"}
@@ -93,7 +94,7 @@ def cpu_description() -> dict:
 def randomised_model(depth: int) -> SemanticFPNForSemanticSegmentation:
     """The full-size architecture with random weights and random BatchNorm statistics (so folding is not a no-op)."""
     torch.manual_seed(0)
-    model = SemanticFPNForSemanticSegmentation(SemanticFPNConfig.from_preset(PRESET_OF_DEPTH[depth]))
+    model = SemanticFPNForSemanticSegmentation(preset_config(PRESET_OF_DEPTH[depth]))
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.1, 0.1)
@@ -372,7 +373,7 @@ def train_worker(args) -> None:
     torch.set_num_threads(threads)
     channels_last, bf16, checkpointing = TRAIN_VARIANTS[args.variant]
     torch.manual_seed(0)
-    config = SemanticFPNConfig.from_preset(TRAIN_PRESET_OF_DEPTH[args.depths[0]])
+    config = preset_config(TRAIN_PRESET_OF_DEPTH[args.depths[0]])
     model = SemanticFPNForSemanticSegmentation(config)
     if checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()

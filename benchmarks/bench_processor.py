@@ -35,6 +35,7 @@ from PIL import Image
 from transformers import SegformerImageProcessorPil
 
 from fpn_seg import SemanticFPNImageProcessor
+from fpn_seg.presets import preset_processor
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def time_round(process: Callable[[Image.Image], object], images: list[Image.Imag
 
 def run_scenario(scenario: Scenario, num_rounds: int) -> dict:
     images = make_images(scenario)
-    ours = SemanticFPNImageProcessor.from_preset(scenario.preset)
+    ours = preset_processor(scenario.preset)
     out_height, out_width = ours.test_size(scenario.height, scenario.width)
     baseline = SegformerImageProcessorPil(  # same output size; mean / std on 0..1, after its rescale
         size={"height": out_height, "width": out_width},

@@ -220,7 +220,8 @@ LABEL_VALUES = {
 @pytest.mark.parametrize("case", sorted(LABEL_VALUES))
 def test_label_sanity_check_names_the_likely_cause(case, tmp_path):
     """The trainer's check (`check_first_batch_labels`): encode with the config's policy, then `check_label_values`;
-    the model's forward runs the same check, so a Trainer cannot silently train on such labels either."""
+    the model's loss runs the same check when its cross-entropy fails, so a Trainer cannot silently train on such
+    labels either (without a device sync on every step)."""
     config, values, message = LABEL_VALUES[case]
     path = png(tmp_path / "label.png", grid(values))
     processor = SemanticFPNImageProcessor.from_model_config(config)
@@ -232,5 +233,5 @@ def test_label_sanity_check_names_the_likely_cause(case, tmp_path):
         check_label_values(labels, config)
     model = SemanticFPNForSemanticSegmentation(config)
     with pytest.raises(ValueError, match=re.compile(message, re.S)):
-        model(torch.zeros(1, 3, 8, 10), labels=labels[None])
+        model(torch.zeros(1, 3, 64, 80), labels=labels[None])  # large enough for BatchNorm in training mode
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from conftest import tiny_config
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -99,7 +100,9 @@ BAD_MODEL_FOLDERS = {
         lambda folder: (folder / "config.json").unlink(), {}, ValueError,
         r"Unrecognized model in .*model\. Should have a `model_type` key in its config\.json",
     ),
-    "unknown-backbone-depth": (depth(42), {}, ValueError, r"depth=42 is not supported; expected one of \[18, 34, 50"),
+    "unknown-backbone-depth": (  # transformers' validation error of a @strict config
+        depth(42), {}, StrictDataclassError, r"depth=42 is not supported; expected one of \[18, 34, 50"
+    ),
     "other-backbone-depth": (
         depth(34), {}, ValueError,
         r"the checkpoint lacks 96 weights of the model \(backbone\.layer1\.2\..*do not describe the same network.*"

@@ -37,6 +37,7 @@ from fpn_seg.convert import (
 )
 from fpn_seg.label_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES
 from fpn_seg.mmseg_state_dict import CheckpointMismatchError
+from fpn_seg.presets import preset_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI = REPO_ROOT / "conversion" / "convert_mmseg_checkpoint.py"
@@ -426,7 +427,7 @@ def test_backbone_mode_and_training_start(tmp_path, capsys):
     assert "semantic_fpn_from_pretrained_backbone" in card
 
     # A model with another backbone width is refused with the key list, not a torch traceback.
-    narrower = SemanticFPNForSemanticSegmentation(model.config.__class__.from_preset(
+    narrower = SemanticFPNForSemanticSegmentation(preset_config(
         "fpn_r50_512x1024_80k_cityscapes", backbone_config=ResNetV1cConfig(depth=50, stem_channels=8, base_channels=8)
     ))  # fmt: skip
     message = r"wrong shape for layer1.0.conv1.weight: checkpoint \(16, 16, 1, 1\), model \(8, 8, 1, 1\)"

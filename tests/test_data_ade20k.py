@@ -9,6 +9,7 @@ import pytest
 
 from fpn_seg.data import ADE20K_RAW_POLICY, EvalTransform, TrainTransform, label_policy_of, load_ade20k
 from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
+from fpn_seg.presets import preset_processor
 
 
 def reduce_zero_label(raw: np.ndarray) -> np.ndarray:
@@ -52,7 +53,7 @@ def test_raw_annotations_are_stored_and_marked(tmp_path):
 def test_reduce_zero_label_is_applied_exactly_once(tmp_path):
     raw = write_ade20k(tmp_path, "validation", [(9, 12)])["ADE_val_00000001"]
     dataset = load_ade20k(tmp_path, splits=["validation"], progress=False)["validation"]
-    processor = SemanticFPNImageProcessor.from_preset("fpn_r50_512x512_160k_ade20k", scale=(12, 9))
+    processor = preset_processor("fpn_r50_512x512_160k_ade20k", scale=(12, 9))
     labels = dataset.with_transform(EvalTransform(processor))[0]["labels"]
     np.testing.assert_array_equal(labels.numpy(), reduce_zero_label(raw))
     train = TrainTransform(processor, crop_size=(9, 12), scale=(12, 9), ratio_range=(1, 1), flip_prob=0, seed=0)

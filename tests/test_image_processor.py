@@ -13,8 +13,9 @@ from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
-from fpn_seg.image_processing_semantic_fpn import image_to_tensor, label_to_tensor
+from fpn_seg.image_processing_semantic_fpn import encode_labels, image_to_tensor, label_to_tensor
 from fpn_seg.mmseg_state_dict import convert_mmseg_state_dict
+from fpn_seg.presets import preset_config, preset_processor
 
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -122,7 +123,7 @@ def test_resizes_equal_opencv_bit_for_bit():
 
 
 def test_test_scale_leaves_cityscapes_images_untouched():
-    processor = SemanticFPNImageProcessor.from_preset("fpn_r50_512x1024_80k_cityscapes")
+    processor = preset_processor("fpn_r50_512x1024_80k_cityscapes")
     assert processor.test_size(1024, 2048) == (1024, 2048)
     image = torch.randint(0, 256, (3, 1024, 2048), dtype=torch.uint8)
     assert processor.resize_image(image, (1024, 2048)) is image
@@ -171,11 +172,13 @@ def test_label_policy_reduce_labels_and_label_map():
     expected = np.array([[0, 1, 13, 18, 255, 255, 11, 255]] * 6)
     np.testing.assert_array_equal(cityscapes(image, segmentation_maps=label_ids)["labels"][0].numpy(), expected)
     # The processor's policy is the config's: one function encodes labels everywhere.
-    config = SemanticFPNConfig.from_preset("fpn_r50_512x512_160k_ade20k", label_map=None)
+    config = preset_config("fpn_r50_512x512_160k_ade20k", label_map=None)
     processor = SemanticFPNImageProcessor.from_model_config(config)
     assert processor.do_reduce_labels and processor.ignore_index == config.ignore_index
     raw_tensor = torch.from_numpy(raw)
-    torch.testing.assert_close(processor.encode_labels(raw_tensor), config.encode_labels(raw_tensor))
+    torch.testing.assert_close(processor.encode_labels(raw_tensor), encode_labels(
+        raw_tensor, ignore_index=config.ignore_index, reduce_labels=config.reduce_labels, label_map=config.label_map
+    ))
 
 
 # ---------------------------------------------------------------------------------------------------- image inputs
@@ -328,11 +331,20 @@ def test_colour_coded_and_bad_label_maps_are_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------------- batching
 
 
-def test_mixed_sizes_are_refused_or_returned_per_image():
+def test_mixed_sizes_are_padded_with_a_mask_or_returned_per_image():
     processor = SemanticFPNImageProcessor(scale=(64, 48))
     images = [random_image(40, 50, seed=1), random_image(30, 70, seed=2)]  # -> 48x60 and 27x64
-    with pytest.raises(ValueError, match="different sizes"):
-        processor(images)
+    labels = [np.full((40, 50), 1), np.full((30, 70), 2)]
+    batch = processor(images, segmentation_maps=labels)
+    assert batch["pixel_values"].shape == (2, 3, 48, 64) and batch["labels"].shape == batch["pixel_mask"].shape
+    assert batch["pixel_mask"][0, :48, :60].all() and not batch["pixel_mask"][0, :, 60:].any()
+    assert batch["pixel_mask"][1, :27, :64].all() and not batch["pixel_mask"][1, 27:].any()
+    assert (batch["pixel_values"][1, :, 27:] == 0).all() and (batch["labels"][1, 27:] == 255).all()
+    for index, image in enumerate(images):
+        alone = processor(image, segmentation_maps=labels[index])
+        height, width = alone["pixel_values"].shape[-2:]
+        assert torch.equal(batch["pixel_values"][index, :, :height, :width], alone["pixel_values"][0])
+        assert torch.equal(batch["labels"][index, :height, :width], alone["labels"][0])
     per_image = processor(images, return_tensors=None)["pixel_values"]
     assert [tuple(p.shape) for p in per_image] == [(3, 48, 60), (3, 27, 64)]
     for image, pixel_values in zip(images, per_image):
@@ -375,28 +387,28 @@ def test_preprocess_argument_errors():
 
 
 def test_save_load_and_auto_image_processor_round_trip(tmp_path):
-    processor = SemanticFPNImageProcessor.from_preset("fpn_r50_512x512_160k_ade20k", label_map={3: 1, 4: 2})
-    assert processor.scale == (2048, 512) and processor.do_reduce_labels
+    processor = preset_processor("fpn_r50_512x512_160k_ade20k", label_map={3: 1, 4: 2})
+    assert processor.scale == [2048, 512] and processor.do_reduce_labels
     processor.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert saved["image_processor_type"] == "SemanticFPNImageProcessor"
     assert saved["auto_map"]["AutoImageProcessor"] == "image_processing_semantic_fpn.SemanticFPNImageProcessor"
-    assert {"image_processing_semantic_fpn.py", "configuration_semantic_fpn.py", "label_sets.py"} <= {
-        path.name for path in tmp_path.iterdir()
-    }
+    shipped = {path.name for path in tmp_path.iterdir()}
+    assert {"image_processing_semantic_fpn.py", "atomic.py"} <= shipped  # the processor and the sibling it imports
+    assert "label_sets.py" not in shipped and "presets.py" not in shipped  # class names live in config.json
     for loaded in (SemanticFPNImageProcessor.from_pretrained(tmp_path), AutoImageProcessor.from_pretrained(tmp_path)):
         assert type(loaded) is SemanticFPNImageProcessor
-        assert loaded.scale == (2048, 512) and loaded.label_map == {3: 1, 4: 2} and loaded.do_reduce_labels
+        assert loaded.scale == [2048, 512] and loaded.label_map == {3: 1, 4: 2} and loaded.do_reduce_labels
         assert loaded.to_dict() == processor.to_dict()
     overridden = AutoImageProcessor.from_pretrained(tmp_path, scale=(1024, 256))
-    assert overridden.scale == (1024, 256)
+    assert overridden.scale == [1024, 256]
 
     config = tiny_config(reduce_labels=True)
     config.save_pretrained(tmp_path / "model")
     SemanticFPNImageProcessor.from_model_config(config).save_pretrained(tmp_path / "model")
     assert AutoImageProcessor.from_pretrained(tmp_path / "model").do_reduce_labels
     with pytest.raises(ValueError, match="Unknown Semantic FPN preset"):
-        SemanticFPNImageProcessor.from_preset("fpn_r18_cityscapes")
+        preset_processor("fpn_r18_cityscapes")
 
 
 # ---------------------------------------------------------------------------------------------------- post-processing

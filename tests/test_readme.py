@@ -13,6 +13,7 @@ from conftest import tiny_config
 
 from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
 from fpn_seg.data import generate_street_scenes
+from fpn_seg.presets import preset_config
 
 REPO = Path(__file__).resolve().parents[1]
 MARKED_BLOCK = re.compile(r"<!-- readme-test -->\s*```(python|bash)\n(.*?)```", re.DOTALL)
@@ -25,7 +26,7 @@ def readme_blocks() -> list[tuple[str, str]]:
 def make_demo_output(root: Path) -> None:
     """What `make demo` leaves, in miniature: the synthetic dataset, a (untrained) model folder, an image."""
     data = generate_street_scenes(root / "data", num_train=4, num_val=2, size=(32, 64), seed=0)
-    cityscapes = SemanticFPNConfig.from_preset("fpn_r50_512x1024_80k_cityscapes")
+    cityscapes = preset_config("fpn_r50_512x1024_80k_cityscapes")
     config = tiny_config(num_labels=19)
     config.id2label, config.label2id = cityscapes.id2label, cityscapes.label2id
     SemanticFPNForSemanticSegmentation(config).save_pretrained(root / "model")

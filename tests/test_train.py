@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from huggingface_hub.errors import StrictDataclassError
 import torch
 import yaml
 from conftest import tiny_config
@@ -24,7 +25,7 @@ from safetensors.torch import load_file
 from transformers import TrainingArguments
 
 from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig
-from fpn_seg.configuration_semantic_fpn import PRESETS
+from fpn_seg.presets import PRESETS, preset_config
 from fpn_seg.convert import convert_imagenet_backbone
 from fpn_seg.data import TrainTransform, collate_same_size, generate_street_scenes, load_cityscapes
 from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
@@ -489,7 +490,7 @@ def test_a_saved_model_keeps_its_processor_and_takes_checked_overrides(tmp_path)
     model = build_model(ModelArguments(model_name_or_path=str(tmp_path / "ade"), config_overrides=overrides), True)
     assert model.config.id2label == {0: "sky", 1: "road", 2: "car"} and model.config.label2id["car"] == 2
     assert model.decode_head.classifier.out_channels == 3
-    with pytest.raises(ValueError, match="ignore_index"):
+    with pytest.raises(StrictDataclassError, match="ignore_index"):  # the config class validates (@strict)
         build_model(ModelArguments(model_name_or_path=str(tmp_path / "ade"), config_overrides='{"ignore_index": 2}'))
-    preset = SemanticFPNConfig.from_preset("fpn_r50_512x1024_80k_cityscapes", id2label={0: "bg", 1: "fg"})
+    preset = preset_config("fpn_r50_512x1024_80k_cityscapes", id2label={0: "bg", 1: "fg"})
     assert preset.label2id == {"bg": 0, "fg": 1}

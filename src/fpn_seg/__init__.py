@@ -10,10 +10,11 @@ from transformers.utils import logging as transformers_logging
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor  # the real class, even without torchvision
 
 from .configuration_resnet_v1c import ResNetV1cConfig
-from .configuration_semantic_fpn import PRESETS, SemanticFPNConfig, SemanticFPNPreset, encode_labels, get_preset
+from .configuration_semantic_fpn import SemanticFPNConfig
 from .modeling_resnet_v1c import ResNetV1cBackbone
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, SemanticFPNPreTrainedModel
-from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
+from .image_processing_semantic_fpn import SemanticFPNImageProcessor, encode_labels, image_to_tensor, label_to_tensor
+from .presets import PRESETS, SemanticFPNPreset, get_preset, preset_config, preset_processor
 from .inference import multiscale_flip_inference, segment, slide_inference, whole_inference
 
 __version__ = "0.1.0"
@@ -68,6 +69,8 @@ __all__ = [
     "image_to_tensor",
     "label_to_tensor",
     "multiscale_flip_inference",
+    "preset_config",
+    "preset_processor",
     "segment",
     "slide_inference",
     "whole_inference",

@@ -6,10 +6,12 @@ nothing from `fpn_seg` except its sibling hub files.
 
 from typing import ClassVar
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.backbone_utils import BackboneConfigMixin
 
 
+@strict
 class ResNetV1cConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a ResNet backbone laid out as mmsegmentation's `ResNetV1c` (and its `V1b` / `V1d` siblings), key
@@ -44,6 +46,13 @@ class ResNetV1cConfig(BackboneConfigMixin, PreTrainedConfig):
             Epsilon of every BatchNorm.
         out_features / out_indices:
             Which of `stage_names = ["stem", "stage1", ..., "stage4"]` the backbone returns; default all four stages.
+
+    Example:
+
+    ```python
+    >>> from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig
+    >>> backbone = ResNetV1cBackbone(ResNetV1cConfig(depth=101))  # mmseg's ResNetV1c-101
+    ```
     """
 
     model_type = "resnet_v1c"
@@ -66,23 +75,10 @@ class ResNetV1cConfig(BackboneConfigMixin, PreTrainedConfig):
     norm_eval: bool = False
     frozen_stages: int = -1
     batch_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
-        if self.depth not in self.block_depths:
-            raise ValueError(
-                f"ResNetV1cConfig: depth={self.depth!r} is not supported; expected one of "
-                f"{sorted(self.block_depths)} (18/34 basic blocks, 50/101/152 bottlenecks)."
-            )
         self.strides = list(self.strides)
         self.dilations = list(self.dilations)
-        if len(self.strides) != 4 or len(self.dilations) != 4:
-            raise ValueError(
-                f"ResNetV1cConfig: strides and dilations need one value per stage (4), "
-                f"got strides={self.strides}, dilations={self.dilations}."
-            )
-        if not -1 <= self.frozen_stages <= 4:
-            raise ValueError(f"ResNetV1cConfig: frozen_stages must be in -1..4, got {self.frozen_stages}.")
         self.stage_names = ["stem"] + [f"stage{i}" for i in range(1, 5)]
         out_features = kwargs.pop("out_features", None)
         out_indices = kwargs.pop("out_indices", None)
@@ -90,6 +86,27 @@ class ResNetV1cConfig(BackboneConfigMixin, PreTrainedConfig):
             out_features = self.stage_names[1:]
         self.set_output_features_output_indices(out_indices=out_indices, out_features=out_features)
         super().__post_init__(**kwargs)
+
+    def validate_depth(self):
+        if self.depth not in self.block_depths:
+            raise ValueError(
+                f"depth={self.depth!r} is not supported; expected one of {sorted(self.block_depths)} (18/34 basic "
+                "blocks, 50/101/152 bottlenecks)."
+            )
+
+    def validate_stages(self):
+        """One stride and one dilation per stage (4), positive widths, `frozen_stages` in -1..4."""
+        if len(self.strides) != 4 or len(self.dilations) != 4:
+            raise ValueError(
+                f"strides and dilations need one value per stage (4); got strides={list(self.strides)}, "
+                f"dilations={list(self.dilations)}."
+            )
+        if min(*self.strides, *self.dilations) < 1 or min(self.stem_channels, self.base_channels) < 1:
+            raise ValueError("strides, dilations, stem_channels and base_channels must be positive.")
+        if self.deep_stem and self.stem_channels % 2:
+            raise ValueError(f"the deep stem halves stem_channels; got an odd stem_channels={self.stem_channels}.")
+        if not -1 <= self.frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in -1..4; got {self.frozen_stages}.")
 
     @property
     def block_type(self) -> str:

@@ -39,7 +39,7 @@ from torch import nn
 
 from . import atomic
 from .configuration_resnet_v1c import ResNetV1cConfig
-from .configuration_semantic_fpn import PRESETS, SemanticFPNConfig, SemanticFPNPreset, get_preset
+from .configuration_semantic_fpn import SemanticFPNConfig
 from .label_sets import DATASET_CLASSES
 from .mmseg_state_dict import (
     CheckpointMismatchError,
@@ -49,6 +49,7 @@ from .mmseg_state_dict import (
 )
 from .modeling_resnet_v1c import ResNetV1cBackbone
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
+from .presets import PRESETS, SemanticFPNPreset, get_preset, preset_config, preset_processor
 
 _MMSEG_ZOO = "https://download.openmmlab.com/mmsegmentation/v0.5/sem_fpn"
 _MMSEG_CONFIGS = "https://github.com/open-mmlab/mmsegmentation/blob/main/configs/sem_fpn"
@@ -395,7 +396,7 @@ def infer_semantic_fpn_config(
             f"{source}: the classifier (decode_head.conv_seg) has {num_classes} classes, but preset {preset_name!r} "
             f"({preset.dataset}) has {preset.num_labels}."
         )
-    return SemanticFPNConfig.from_preset(
+    return preset_config(
         preset_name,
         backbone_config=backbone_config,
         neck_channels=_dim(state_dict, "neck.lateral_convs.0.conv.weight", 0, _OFFICIAL_WIDTHS["neck_channels"]),
@@ -765,7 +766,7 @@ def render_model_card(report: ConversionReport, repo: str) -> str:
 def _save_image_processor(preset_name: str, folder: Path) -> None:
     from .image_processing_semantic_fpn import SemanticFPNImageProcessor
 
-    SemanticFPNImageProcessor.from_preset(preset_name).save_pretrained(str(folder))
+    preset_processor(preset_name).save_pretrained(str(folder))
 
 
 def convert_semantic_fpn(
@@ -910,7 +911,7 @@ def semantic_fpn_from_pretrained_backbone(
     fields that do not change the weights (e.g. `{"norm_eval": True, "frozen_stages": 1}` for small batches)."""
     backbone_config = ResNetV1cConfig.from_pretrained(str(folder), **(backbone_overrides or {}))
     if preset is not None:
-        config = SemanticFPNConfig.from_preset(preset, backbone_config=backbone_config, **config_kwargs)
+        config = preset_config(preset, backbone_config=backbone_config, **config_kwargs)
     else:
         config = SemanticFPNConfig(backbone_config=backbone_config, **config_kwargs)
     model = SemanticFPNForSemanticSegmentation(config)

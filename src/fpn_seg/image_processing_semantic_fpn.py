@@ -8,31 +8,33 @@ Conventions, chosen to reproduce mmseg's numbers:
 - Images are converted to uint8 RGB first (see [`image_to_tensor`]), as mmseg reads them; resizing is bilinear
   **without antialiasing**, bit for bit as cv2's uint8 `INTER_LINEAR` (mmseg's `mmcv.imresize`), before normalising.
 - Label maps are resized with nearest neighbour, with cv2's `INTER_NEAREST` source indices.
-- A batch is stacked only when every image resizes to the same size; mmseg never pads at test time, so an image's
-  output never depends on its batch neighbours (see [`SemanticFPNImageProcessor.preprocess`]).
+- mmseg never pads at test time. A batch of images that resize to different sizes is stacked padded (bottom/right,
+  zeros) with a `pixel_mask`; the model then runs each image on its own valid region in eval mode and the
+  post-processing crops it back, so an image's result never depends on its batch neighbours.
 """
 
 import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.nn import functional as F
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.processing_utils import ImagesKwargs
+from transformers.utils import IMAGE_PROCESSOR_NAME
 
-from .configuration_semantic_fpn import encode_labels, get_preset, save_folder_atomically
+from .atomic import save_folder_atomically, split_push_options
 
 
 _EXIF_ORIENTATION = 0x0112
 _COLOUR_LABEL_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
 _INDEX_LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N")
-_PROCESSOR_FILE = "preprocessor_config.json"
-# `save_pretrained` keyword arguments that go to `push_to_hub`.
-_PUSH_TO_HUB_OPTIONS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr")
+_CHANNEL_LAYOUTS = ("channels_first", "channels_last")
 
 
 # ------------------------------------------------------------------------------------------------ input conversion
@@ -78,14 +80,19 @@ def _sixteen_bit_to_uint8(array: np.ndarray) -> np.ndarray:
     return (np.clip(array.astype(np.int64, copy=False), 0, 65535) >> 8).astype(np.uint8)
 
 
-def _pil_to_uint8_hwc(image: Image.Image) -> np.ndarray:
-    """A PIL image of any mode -> (H, W, 3) uint8 RGB array (16-bit grey: `v >> 8`; alpha dropped)."""
+def _pil_to_uint8_hwc(image: Image.Image, convert_rgb: bool = True) -> np.ndarray:
+    """A PIL image of any mode -> (H, W, 3) uint8 RGB array (16-bit grey: `v >> 8`; alpha dropped); with
+    `convert_rgb=False`, (H, W, C) with the image's own bands (grey: 1, RGBA: 4)."""
     image = _exif_upright(image)
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         grey = _sixteen_bit_to_uint8(np.asarray(image))
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return np.repeat(grey[:, :, None], 3 if convert_rgb else 1, axis=2)
     if image.mode == "F":
-        return _values_to_uint8(np.asarray(image), "PIL image of mode 'F'")[:, :, None].repeat(3, axis=2)
+        grey = _values_to_uint8(np.asarray(image), "PIL image of mode 'F'")
+        return np.repeat(grey[:, :, None], 3 if convert_rgb else 1, axis=2)
+    if not convert_rgb and image.mode in ("L", "RGB", "RGBA"):
+        array = np.array(image)
+        return array[:, :, None] if array.ndim == 2 else array
     if image.mode != "RGB":
         try:
             if image.mode == "P" and "transparency" in image.info:
@@ -124,31 +131,70 @@ def _values_to_uint8(array: np.ndarray, what: str) -> np.ndarray:
     return np.clip(np.rint(array.astype(np.float32) * scale), 0, 255).astype(np.uint8)
 
 
-def _array_to_uint8_chw(array: np.ndarray, channels_first: bool, what: str) -> torch.Tensor:
-    """(H, W), (H, W, C) or (C, H, W) array with C in {1, 3, 4} -> (3, H, W) uint8 tensor (alpha dropped).
+def _array_to_uint8_chw(
+    array: np.ndarray, channels_first: bool, what: str, convert_rgb: bool = True, layout: str | None = None
+) -> torch.Tensor:
+    """(H, W), (H, W, C) or (C, H, W) array -> (3, H, W) uint8 tensor: grey repeated, alpha dropped, C in {1, 3, 4};
+    with `convert_rgb=False`, (C, H, W) with the channels as given (any C).
 
-    A 3-D array whose first and last sizes both could be channels is read channels-first when `channels_first`.
+    `layout` ("channels_first" / "channels_last") says where the channels are; without it a 3-D array whose first
+    and last sizes both could be channels is read channels-first when `channels_first`.
     """
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 2:
         array = array[:, :, None]
     elif array.ndim == 3:
-        first, last = array.shape[0] in (1, 3, 4), array.shape[-1] in (1, 3, 4)
-        if first and (channels_first or not last):
+        channel_sizes = (1, 3, 4) if convert_rgb else range(1, 65)
+        first, last = array.shape[0] in channel_sizes, array.shape[-1] in channel_sizes
+        if layout == "channels_first" or (layout is None and first and (channels_first or not last)):
             array = array.transpose(1, 2, 0)
-        elif not last:
+        elif layout is None and not last:
             raise ValueError(
                 f"{what} of shape {array.shape}: expected (H, W), (H, W, C) or (C, H, W) with C in 1 (grey), 3 (RGB) "
                 "or 4 (RGBA)."
             )
     else:
         raise ValueError(f"{what} of shape {array.shape}: expected one image of shape (H, W), (H, W, C) or (C, H, W).")
+    if 0 in array.shape:
+        raise ValueError(f"{what} of shape {array.shape} is empty; an image needs at least one pixel.")
     array = _values_to_uint8(np.asarray(array), what)  # (H, W, C)
-    array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
+    if convert_rgb:
+        if array.shape[2] not in (1, 3, 4):
+            raise ValueError(f"{what} has {array.shape[2]} channels; expected 1 (grey), 3 (RGB) or 4 (RGBA).")
+        array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
     if not array.flags.writeable or min(array.strides) < 0:  # torch needs writable memory and positive strides
         array = array.copy()
     return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def encode_labels(
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = 255,
+    reduce_labels: bool = False,
+    label_map: dict[int, int] | None = None,
+) -> torch.Tensor:
+    """Turn a raw annotation map (any integer tensor) into training ids: the one place where a label policy is applied.
+
+    Order: `label_map` first (raw value -> training id; a value that the map does not name becomes `ignore_index`,
+    as Cityscapes label ids that have no train id), then `reduce_labels` (ADE20K's `reduce_zero_label`: 0 -> ignore,
+    `v` -> `v - 1`, `ignore_index` stays). Returns an int64 tensor of the same shape.
+    """
+    labels = labels.to(torch.int64)
+    if label_map:
+        lookup_size = max(max(label_map) + 1, int(labels.max()) + 1 if labels.numel() else 1)
+        lookup = torch.full((lookup_size,), ignore_index, dtype=torch.int64)
+        for raw, train in label_map.items():
+            lookup[int(raw)] = int(train)
+        if labels.numel() and int(labels.min()) < 0:
+            raise ValueError(f"Label maps hold non-negative values; got a minimum of {int(labels.min())}.")
+        labels = lookup[labels]
+    if reduce_labels:
+        ignored = labels == ignore_index
+        labels = labels - 1
+        labels[(labels == -1) | ignored] = ignore_index
+    return labels
 
 
 def label_policy_options(config) -> dict[str, Any]:
@@ -161,7 +207,7 @@ def label_policy_options(config) -> dict[str, Any]:
     }
 
 
-def image_to_tensor(image: Any) -> torch.Tensor:
+def image_to_tensor(image: Any, convert_rgb: bool = True, input_data_format: str | None = None) -> torch.Tensor:
     """Any image a user has -> a (3, H, W) uint8 RGB tensor (possibly a channels-last view of an (H, W, 3) buffer).
 
     Accepted:
@@ -172,24 +218,41 @@ def image_to_tensor(image: Any) -> torch.Tensor:
       integers in 0..255, floats in [0, 1] (scaled by 255) or 0..255;
     - torch tensors (C, H, W) or (H, W, C) (channels-first preferred when ambiguous), same dtypes.
 
-    Raises `TypeError` / `ValueError` naming what was received otherwise.
+    `convert_rgb=False` keeps the image's own channels ((C, H, W), e.g. 4 for RGBA or multispectral arrays);
+    `input_data_format` ("channels_first" / "channels_last") says where the channels of an array are. Raises
+    `TypeError` / `ValueError` naming what was received otherwise (an empty image included).
     """
+    layout = _channel_layout(input_data_format, "input_data_format")
     if isinstance(image, (str, os.PathLike)):
-        return torch.from_numpy(_pil_to_uint8_hwc(_open_image(image))).permute(2, 0, 1)
+        return torch.from_numpy(_pil_to_uint8_hwc(_open_image(image), convert_rgb)).permute(2, 0, 1)
     if isinstance(image, Image.Image):
-        return torch.from_numpy(_pil_to_uint8_hwc(image)).permute(2, 0, 1)
+        return torch.from_numpy(_pil_to_uint8_hwc(image, convert_rgb)).permute(2, 0, 1)
     if isinstance(image, np.ndarray):
-        return _array_to_uint8_chw(image.astype(image.dtype.newbyteorder("="), copy=False), False, "numpy image")
+        array = image.astype(image.dtype.newbyteorder("="), copy=False)
+        return _array_to_uint8_chw(array, False, "numpy image", convert_rgb, layout)
     if isinstance(image, torch.Tensor):
-        if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3:
+        if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3 and layout != "channels_last":
+            if 0 in image.shape:
+                raise ValueError(f"torch image of shape {tuple(image.shape)} is empty; an image needs at least one pixel.")
             return image.cpu()
         array = image.detach().cpu()
         array = (array.float() if array.dtype in (torch.bfloat16, torch.float16) else array).numpy()
-        return _array_to_uint8_chw(array, True, "torch image")
+        return _array_to_uint8_chw(array, True, "torch image", convert_rgb, layout)
     raise TypeError(
         f"Cannot read an image from a {type(image).__module__}.{type(image).__qualname__}; expected a PIL image, a "
         "file path, a numpy array or a torch tensor."
     )
+
+
+def _channel_layout(value: Any, name: str) -> str | None:
+    """`input_data_format` / `data_format` (a string or transformers' `ChannelDimension`) -> "channels_first" /
+    "channels_last" / None."""
+    if value is None:
+        return None
+    value = getattr(value, "value", value)
+    if value not in _CHANNEL_LAYOUTS:
+        raise ValueError(f"{name} must be one of {_CHANNEL_LAYOUTS} (or None to infer it); got {value!r}.")
+    return value
 
 
 def _label_array_to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
@@ -248,7 +311,25 @@ def _as_list(items: Any, batched_ndim: int) -> list:
     return [items]
 
 
+def _label_list(segmentation_maps: Any, num_images: int) -> list:
+    """The segmentation maps as a list, one per image. A 3-D array / tensor is a batch (N, H, W) when its first size
+    is the number of images; otherwise one map (an (H, W, 3) colour mask is then refused by `label_to_tensor`)."""
+    if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
+        colour_like = segmentation_maps.shape[-1] in (3, 4) and segmentation_maps.shape[0] != 1
+        if segmentation_maps.shape[0] == num_images and not (num_images == 1 and colour_like):
+            return list(segmentation_maps)
+        return [segmentation_maps]
+    return _as_list(segmentation_maps, batched_ndim=3)
+
+
 # ------------------------------------------------------------------------------------------------ the processor
+
+
+def _refuse_not_applicable(options: dict[str, Any], where: str) -> None:
+    """Raise a `ValueError` naming the first option of `_NOT_APPLICABLE` given a value, and what to use instead."""
+    for name in [name for name in options if name in _NOT_APPLICABLE]:
+        if options.pop(name) is not None:
+            raise ValueError(f"{where}: {name} does not apply to Semantic FPN: {_NOT_APPLICABLE[name]}.")
 
 
 def _cv2_linear_taps(in_size: int, out_size: int, snap_to_edge: bool) -> tuple[torch.Tensor, ...]:
@@ -278,17 +359,30 @@ def _cv2_nearest_sources(in_size: int, out_size: int) -> torch.Tensor:
     return torch.floor(torch.arange(out_size, dtype=torch.float64) * scale).to(torch.int64).clamp_(max=in_size - 1)
 
 
-class SemanticFPNImageProcessorKwargs(TypedDict, total=False):
-    """Options of [`SemanticFPNImageProcessor`] (its constructor arguments; also overrides of `preprocess`)."""
+class SemanticFPNImageProcessorKwargs(ImagesKwargs, total=False):
+    """Options of [`SemanticFPNImageProcessor`]: transformers' `ImagesKwargs` plus mmseg's test `scale` and the label
+    policy (constructor arguments; also per-call overrides of `preprocess`)."""
 
-    do_resize: bool
-    scale: tuple[int, int]
-    do_normalize: bool
-    image_mean: list[float]
-    image_std: list[float]
-    do_reduce_labels: bool
+    scale: list[int] | tuple[int, int] | None
+    do_reduce_labels: bool | None
     label_map: dict[int, int] | None
-    ignore_index: int
+    ignore_index: int | None
+
+
+# `ImagesKwargs` options that mmseg's test pipeline has no use for, and what to use instead; refused unless None.
+_NOT_APPLICABLE = {
+    "size": "the keep-ratio resize is set by scale=(long side, short side)",
+    "default_to_square": "the keep-ratio resize is set by scale",
+    "crop_size": "mmseg's test pipeline does not crop (use fpn_seg.segment(mode='slide') for sliding windows)",
+    "do_center_crop": "mmseg's test pipeline does not crop",
+    "do_pad": "images of different sizes are padded in a batch automatically, with a pixel_mask",
+    "pad_size": "images of different sizes are padded in a batch automatically, with a pixel_mask",
+    "resample": "the resize is fixed: OpenCV's uint8 bilinear, bit for bit as mmseg's",
+    "do_rescale": "image_mean and image_std are on 0..255 values, as mmseg's",
+    "rescale_factor": "image_mean and image_std are on 0..255 values, as mmseg's",
+    "disable_grouping": "images are processed one by one",
+    "image_seq_length": "not a vision-language processor",
+}
 
 
 class SemanticFPNImageProcessor(BaseImageProcessor):
@@ -297,89 +391,93 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
     (bilinear without antialiasing, rounded to uint8), normalisation with mmseg's mean/std on 0..255 RGB, and the
     label policy (`do_reduce_labels`, `label_map`, `ignore_index`) applied by one function, [`encode_labels`].
 
-    Batching: images are processed one by one and stacked into `pixel_values` of shape (B, 3, H, W) when they all
-    resize to the same size. With `return_tensors="pt"` (or `"np"`) a batch of differently sized images raises a
-    `ValueError`; `return_tensors=None` returns lists with one (3, H_i, W_i) tensor per image instead. Nothing is
-    padded, so an image's pixel values (and the model's output) do not depend on the rest of its batch.
-    `fpn_seg.inference.segment` batches images of equal size together.
+    Batching: images are processed one by one. With `return_tensors="pt"` (or `"np"`) they are stacked into
+    `pixel_values` (B, C, H, W); when they resize to different sizes, each is padded at the bottom and right (zeros)
+    to the largest height and width and a `pixel_mask` (B, H, W), 1 on each image's own pixels, is added. The model
+    then runs each image on its own region in eval mode and `post_process_semantic_segmentation` crops the logits to
+    it, so every image gets the label map it gets alone. `return_tensors=None` returns lists of per-image tensors.
 
     Args:
         do_resize (`bool`, defaults to `True`):
             Resize keeping the aspect ratio into `scale`.
-        scale (`tuple[int, int]`, defaults to `(2048, 1024)`):
+        scale (`list[int]`, defaults to `[2048, 1024]`):
             mmseg's test scale `(long side, short side)`: factor `f = min(long / max(h, w), short / min(h, w))`, new
-            size `int(h * f + 0.5), int(w * f + 0.5)`. Cityscapes: (2048, 1024); ADE20K: (2048, 512).
+            size `int(h * f + 0.5), int(w * f + 0.5)`. Cityscapes: [2048, 1024]; ADE20K: [2048, 512].
         do_normalize (`bool`, defaults to `True`):
             `(pixel - image_mean) / image_std` per channel, on 0..255 values.
         image_mean (`list[float]`, defaults to `[123.675, 116.28, 103.53]`):
-            Per-channel RGB mean on 0..255.
+            Per-channel mean on 0..255 (one value per channel: 3 for RGB).
         image_std (`list[float]`, defaults to `[58.395, 57.12, 57.375]`):
-            Per-channel RGB standard deviation on 0..255.
+            Per-channel standard deviation on 0..255.
+        do_convert_rgb (`bool`, defaults to `True`):
+            Convert every image to RGB (grey repeated, alpha dropped), as mmseg reads images. `False` keeps the
+            channels an image has (e.g. 4 for a 4-channel model), with one `image_mean` / `image_std` per channel.
         do_reduce_labels (`bool`, defaults to `False`):
             ADE20K-style annotations: 0 -> `ignore_index`, `v` -> `v - 1`.
         label_map (`dict[int, int]`, *optional*):
             Raw annotation value -> training id (values it does not name become `ignore_index`), applied first.
         ignore_index (`int`, defaults to 255):
-            Label value the loss and the metric skip.
+            Label value the loss and the metric skip; padding of label maps.
+
+    Per call, `preprocess` also takes transformers' `input_data_format` (where the channels of array inputs are),
+    `data_format` (only "channels_first": the model's layout) and `device`. The other `ImagesKwargs` options (`size`,
+    `crop_size`, `resample`, `do_rescale`, ...) do not apply to mmseg's pipeline and are refused with the reason.
     """
 
-    model_input_names = ["pixel_values"]
+    model_input_names = ["pixel_values", "pixel_mask"]
     valid_kwargs = SemanticFPNImageProcessorKwargs
 
     do_resize: bool = True
-    scale: tuple[int, int] = (2048, 1024)
+    scale: list[int] = [2048, 1024]
     do_normalize: bool = True
     image_mean: list[float] = [123.675, 116.28, 103.53]
     image_std: list[float] = [58.395, 57.12, 57.375]
+    do_convert_rgb: bool = True
     do_reduce_labels: bool = False
     label_map: dict[int, int] | None = None
     ignore_index: int = 255
+    # Per-call options (not saved): where the channels of array inputs are, the output layout and device.
+    input_data_format = None
+    data_format = None
+    device = None
+    _options = ("do_resize", "scale", "do_normalize", "image_mean", "image_std", "do_convert_rgb", "do_reduce_labels",
+                "label_map", "ignore_index")  # fmt: skip
+    _call_options = ("input_data_format", "data_format", "device", "return_tensors")
 
-    def __init__(
-        self,
-        do_resize: bool | None = None,
-        scale: Sequence[int] | None = None,
-        do_normalize: bool | None = None,
-        image_mean: Sequence[float] | None = None,
-        image_std: Sequence[float] | None = None,
-        do_reduce_labels: bool | None = None,
-        label_map: dict[int, int] | None = None,
-        ignore_index: int | None = None,
-        **kwargs,
-    ):
+    def __init__(self, **kwargs):
+        options = {name: kwargs.pop(name) for name in self._options if name in kwargs}
+        _refuse_not_applicable(kwargs, type(self).__name__)
+        for name in self._call_options:
+            if kwargs.pop(name, None) is not None:
+                raise TypeError(f"{type(self).__name__}: {name} is an option of a call (preprocess), not of the processor.")
         super().__init__(**kwargs)
-        given = dict(
-            do_resize=do_resize,
-            scale=scale,
-            do_normalize=do_normalize,
-            image_mean=image_mean,
-            image_std=image_std,
-            do_reduce_labels=do_reduce_labels,
-            label_map=label_map,
-            ignore_index=ignore_index,
-        )
-        for name, value in given.items():
-            setattr(self, name, copy.deepcopy(getattr(type(self), name)) if value is None else value)
+        for name in self._options:  # an explicit None is kept (it switches the step off); unset ones get the default
+            setattr(self, name, options[name] if name in options else copy.deepcopy(getattr(type(self), name)))
         self._standardize_options()
 
     def _standardize_options(self) -> None:
-        """Give every option its canonical type (JSON turns tuples into lists, int keys into strings); check it."""
+        """Give every option its canonical type (JSON turns int keys into strings); check it."""
         name = type(self).__name__
-        if len(self.scale) != 2 or min(int(side) for side in self.scale) <= 0:
-            raise ValueError(f"{name}: scale must be two positive sizes (long side, short side); got {self.scale!r}.")
-        self.scale = (int(self.scale[0]), int(self.scale[1]))
-        self.image_mean = [float(value) for value in self.image_mean]
-        self.image_std = [float(value) for value in self.image_std]
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            raise ValueError(
-                f"{name}: image_mean and image_std need 3 values (RGB), std > 0; got {self.image_mean}, "
-                f"{self.image_std}."
-            )
+        if self.scale is not None:
+            if len(self.scale) != 2 or min(int(side) for side in self.scale) <= 0:
+                raise ValueError(f"{name}: scale must be two positive sizes (long side, short side); got {self.scale!r}.")
+            self.scale = [int(self.scale[0]), int(self.scale[1])]
+        elif self.do_resize:
+            raise ValueError(f"{name}: do_resize needs a scale (long side, short side).")
+        if self.image_mean is not None and self.image_std is not None:
+            self.image_mean = [float(value) for value in np.atleast_1d(self.image_mean)]
+            self.image_std = [float(value) for value in np.atleast_1d(self.image_std)]
+            if len(self.image_mean) != len(self.image_std) or min(self.image_std) <= 0:
+                raise ValueError(
+                    f"{name}: image_mean and image_std need one value per channel (3 for RGB) and std > 0; got "
+                    f"{self.image_mean}, {self.image_std}."
+                )
+        elif self.do_normalize:
+            raise ValueError(f"{name}: do_normalize needs image_mean and image_std.")
         if self.label_map is not None:
             self.label_map = {int(raw): int(train) for raw, train in dict(self.label_map).items()}
-        self.ignore_index = int(self.ignore_index)
-        self.do_resize, self.do_normalize = bool(self.do_resize), bool(self.do_normalize)
-        self.do_reduce_labels = bool(self.do_reduce_labels)
+        if self.ignore_index is not None:
+            self.ignore_index = int(self.ignore_index)
 
     # ------------------------------------------------------------------------------------------ constructors
 
@@ -389,22 +487,16 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         `SemanticFPNConfig`; `kwargs` set the other options (e.g. `scale`)."""
         return cls(**{**label_policy_options(config), **kwargs})
 
-    @classmethod
-    def from_preset(cls, name: str, **kwargs) -> "SemanticFPNImageProcessor":
-        """The test scale and label policy of one of mmseg's sem_fpn configs (see `PRESETS`), e.g.
-        `"fpn_r50_512x512_160k_ade20k"` -> scale (2048, 512), `do_reduce_labels=True`."""
-        preset = get_preset(name)
-        return cls(**{"scale": preset.test_scale, "do_reduce_labels": preset.reduce_labels, **kwargs})
-
     def _with_overrides(self, overrides: dict[str, Any]) -> "SemanticFPNImageProcessor":
         """A shallow copy of this processor with some options replaced (the `preprocess(**overrides)` mechanism);
         `None` values keep the processor's own setting, as in transformers' processors."""
         overrides = {name: value for name, value in overrides.items() if value is not None}
-        unknown = sorted(set(overrides) - set(self.valid_kwargs.__annotations__))
+        _refuse_not_applicable(overrides, f"{type(self).__name__}.preprocess")
+        valid = (*self._options, *self._call_options)
+        unknown = sorted(set(overrides) - set(valid))
         if unknown:
             raise TypeError(
-                f"{type(self).__name__}.preprocess got unknown options {unknown}; "
-                f"valid options: {sorted(self.valid_kwargs.__annotations__)}."
+                f"{type(self).__name__}.preprocess got unknown options {unknown}; valid options: {sorted(valid)}."
             )
         if not overrides:
             return self
@@ -413,17 +505,21 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         processor._standardize_options()
         return processor
 
+    def to_dict(self) -> dict[str, Any]:
+        """The saved options (`preprocessor_config.json`), without the per-call ones."""
+        return {key: value for key, value in super().to_dict().items() if key not in self._call_options}
+
     def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
         """As `ImageProcessingMixin.save_pretrained`, but atomic (see `save_folder_atomically`): the files are written
         to a hidden sibling folder and moved in with `preprocessor_config.json` last; other files are kept. With
         `push_to_hub=True` the processor is then uploaded with `push_to_hub` (`repo_id`: the folder name by default).
         """
-        hub_options = {name: kwargs.pop(name) for name in _PUSH_TO_HUB_OPTIONS if name in kwargs}
+        kwargs, hub_options = split_push_options(kwargs)
         save_folder = super().save_pretrained
-        save_folder_atomically(lambda folder: save_folder(folder, **kwargs), save_directory, _PROCESSOR_FILE)
+        save_folder_atomically(lambda folder: save_folder(folder, **kwargs), save_directory, IMAGE_PROCESSOR_NAME)
         if push_to_hub:
             self.push_to_hub(hub_options.pop("repo_id", Path(save_directory).absolute().name), **hub_options)
-        return [str(Path(save_directory) / _PROCESSOR_FILE)]
+        return [str(Path(save_directory) / IMAGE_PROCESSOR_NAME)]
 
     # ------------------------------------------------------------------------------------------ building blocks
 
@@ -473,16 +569,22 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         return labels.index_select(-2, rows.to(labels.device)).index_select(-1, cols.to(labels.device))
 
     def normalize_image(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """uint8 images (3, H, W) or (B, 3, H, W) -> float32 `(pixel - image_mean) / image_std` (or plain 0..255
-        floats when `do_normalize` is off), the same arithmetic as mmseg's data preprocessor, hence the same bits.
-        `out`: optional contiguous float32 tensor of the same shape to write into."""
+        """uint8 images (C, H, W) or (B, C, H, W) -> float32 `(pixel - image_mean) / image_std` per channel (or plain
+        0..255 floats when `do_normalize` is off), the same arithmetic as mmseg's data preprocessor, hence the same
+        bits. `out`: optional contiguous float32 tensor of the same shape to write into."""
         # Channels-first bytes first (a cheap 1-byte transpose of channels-last views): the float passes then run
         # over contiguous memory.
         images = images.contiguous()
         out = images.to(torch.float32) if out is None else out.copy_(images)
         if self.do_normalize:
-            mean = torch.tensor(self.image_mean, dtype=torch.float32, device=out.device).view(3, 1, 1)
-            std = torch.tensor(self.image_std, dtype=torch.float32, device=out.device).view(3, 1, 1)
+            channels = out.shape[-3]
+            if len(self.image_mean) != channels:
+                raise ValueError(
+                    f"{type(self).__name__}: the images have {channels} channels but image_mean / image_std have "
+                    f"{len(self.image_mean)} values; give one per channel."
+                )
+            mean = torch.tensor(self.image_mean, dtype=torch.float32, device=out.device).view(channels, 1, 1)
+            std = torch.tensor(self.image_std, dtype=torch.float32, device=out.device).view(channels, 1, 1)
             out.sub_(mean).div_(std)
         return out
 
@@ -506,46 +608,59 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         Args:
             images: one image or a list of images in any form [`image_to_tensor`] reads; a 4-D array / tensor is a
                 batch.
-            segmentation_maps: one map per image, in any form [`label_to_tensor`] reads (a 3-D array / tensor is a
-                batch), each the size of its image. Encoded with the label policy, resized (nearest) like the image.
-            return_tensors: `"pt"`: `pixel_values` (B, 3, H, W) float32, `labels` (B, H, W) int64; `"np"`: the same as
-                numpy arrays; `None`: lists of per-image tensors (images may then resize to different sizes).
-            overrides: any constructor option, for this call only (e.g. `do_resize=False`).
+            segmentation_maps: one map per image, in any form [`label_to_tensor`] reads (a 3-D array / tensor whose
+                first size is the number of images is a batch), each the size of its image. Encoded with the label
+                policy, resized (nearest) like the image.
+            return_tensors: `"pt"`: `pixel_values` (B, C, H, W) float32, `labels` (B, H, W) int64, and, when the images
+                resize to different sizes, `pixel_mask` (B, H, W) int64 with the padding (bottom / right; zeros in
+                `pixel_values`, `ignore_index` in `labels`) at 0; `"np"`: the same as numpy arrays; `None`: lists of
+                per-image tensors, unpadded.
+            overrides: any constructor option, for this call only (e.g. `do_resize=False`), and `input_data_format`,
+                `data_format` ("channels_first"), `device`.
         """
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None; got {return_tensors!r}.")
         processor = self._with_overrides(overrides)
-        image_tensors = [image_to_tensor(image) for image in _as_list(images, batched_ndim=4)]
+        if _channel_layout(processor.data_format, "data_format") == "channels_last":
+            raise ValueError("data_format='channels_last' is not supported: the model takes (B, C, H, W) pixel_values.")
+        image_tensors = [
+            image_to_tensor(image, processor.do_convert_rgb is not False, processor.input_data_format)
+            for image in _as_list(images, batched_ndim=4)
+        ]
         if not image_tensors:
             raise ValueError("preprocess got no images.")
         sizes = [processor.test_size(*image.shape[-2:]) for image in image_tensors]
-        if return_tensors is not None and len(set(sizes)) > 1:
-            raise ValueError(
-                f"The images resize to different sizes {sorted(set(sizes))} and cannot be stacked: Semantic FPN does "
-                "not pad at test time. Pass return_tensors=None for per-image tensors, call the processor per image, "
-                "or use fpn_seg.inference.segment, which batches images of equal size."
-            )
-        data = {"pixel_values": processor._pixel_values(image_tensors, sizes, stacked=return_tensors is not None)}
+        data = processor._pixel_values(image_tensors, sizes, stacked=return_tensors is not None)
         if segmentation_maps is not None:
-            data["labels"] = processor._labels(segmentation_maps, image_tensors, sizes)
-            if return_tensors is not None:
-                data["labels"] = torch.stack(data["labels"])
+            labels = processor._labels(segmentation_maps, image_tensors, sizes)
+            data["labels"] = labels if return_tensors is None else _stack_padded(labels, sizes, processor.ignore_index)
+        if processor.device is not None:
+            data = {key: _to_device(value, processor.device) for key, value in data.items()}
         if return_tensors == "np":
-            data = {key: value.numpy() for key, value in data.items()}
+            data = {key: value.cpu().numpy() for key, value in data.items()}
         return BatchFeature(data=data)
 
-    def _pixel_values(self, images: list[torch.Tensor], sizes: list[tuple[int, int]], stacked: bool):
-        """Resize + normalise each image; written straight into one (B, 3, H, W) tensor when `stacked`."""
+    def _pixel_values(self, images: list[torch.Tensor], sizes: list[tuple[int, int]], stacked: bool) -> dict:
+        """Resize + normalise each image: `{"pixel_values": [...]}` per image, or, when `stacked`, one (B, C, H, W)
+        tensor written in place (images of different sizes padded with zeros, plus their `pixel_mask`)."""
         if not stacked:
-            return [self.normalize_image(self.resize_image(image, size)) for image, size in zip(images, sizes)]
-        batch = torch.empty((len(images), 3, *sizes[0]), dtype=torch.float32)
+            return {"pixel_values": [self.normalize_image(self.resize_image(image, size)) for image, size in zip(images, sizes)]}
+        height, width = max(size[0] for size in sizes), max(size[1] for size in sizes)
+        padded = any(tuple(size) != (height, width) for size in sizes)
+        batch = (torch.zeros if padded else torch.empty)((len(images), images[0].shape[0], height, width))
         for index, (image, size) in enumerate(zip(images, sizes)):
-            self.normalize_image(self.resize_image(image, size), out=batch[index])
-        return batch
+            resized = self.resize_image(image, size)
+            if padded:
+                batch[index, :, : size[0], : size[1]] = self.normalize_image(resized)
+            else:
+                self.normalize_image(resized, out=batch[index])
+        if not padded:
+            return {"pixel_values": batch}
+        return {"pixel_values": batch, "pixel_mask": _stack_padded([torch.ones(size, dtype=torch.int64) for size in sizes], sizes, 0)}
 
     def _labels(self, segmentation_maps, images: list[torch.Tensor], sizes: list[tuple[int, int]]):
         """Read, check, encode and resize the segmentation maps: a list of (H_i, W_i) int64 tensors."""
-        labels = [label_to_tensor(label) for label in _as_list(segmentation_maps, batched_ndim=3)]
+        labels = [label_to_tensor(label) for label in _label_list(segmentation_maps, len(images))]
         if len(labels) != len(images):
             raise ValueError(f"Got {len(labels)} segmentation maps for {len(images)} images; pass one per image.")
         for index, (label, image) in enumerate(zip(labels, images)):
@@ -559,35 +674,63 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
     # ------------------------------------------------------------------------------------------ post-processing
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None
-    ) -> list[torch.Tensor]:
+        self,
+        outputs,
+        target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """Model outputs -> one (H, W) int64 label map per image.
 
-        The logits (B, N, h, w) (at the input size, as the model returns them) are resized to each `target_sizes[i]`
-        = (H, W) (the original image size) bilinearly with align_corners=False, then the argmax is taken, as mmseg
-        does. Without `target_sizes` the argmax is taken at the logits' size.
+        Each image's logits (N, h, w) (at the input size, as the model returns them; cropped to the image's own
+        region when the batch was padded: `outputs.image_sizes`) are resized to `target_sizes[i]` = (H, W), the
+        original image size, bilinearly with align_corners=False, then the argmax is taken, as mmseg does. Without
+        `target_sizes` the argmax is taken at the logits' size.
+
+        With `return_segmentation_scores=True`, each item is a `SemanticSegmentationPostProcessorOutput` with
+        `segmentation` (H, W) and `segmentation_scores` (N, H, W), the resized logits.
         """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
-        if target_sizes is None:
-            return list(logits.argmax(dim=1))
-        if len(target_sizes) != len(logits):
+        image_sizes = getattr(outputs, "image_sizes", None)
+        if target_sizes is not None and len(target_sizes) != len(logits):
             raise ValueError(
                 f"target_sizes has {len(target_sizes)} entries but the logits hold {len(logits)} images; pass one "
                 "(height, width) per image."
             )
-        label_maps = []
-        for image_logits, target_size in zip(logits, target_sizes):
-            target_size = tuple(int(side) for side in target_size)
+        results = []
+        for index, image_logits in enumerate(logits):
+            if image_sizes is not None:
+                height, width = (int(side) for side in image_sizes[index])
+                image_logits = image_logits[:, :height, :width]
             image_logits = image_logits[None].float()  # (1, N, h, w)
-            if tuple(image_logits.shape[-2:]) != target_size:
-                image_logits = F.interpolate(image_logits, size=target_size, mode="bilinear", align_corners=False)
-            label_maps.append(image_logits[0].argmax(dim=0))  # (H, W)
-        return label_maps
+            if target_sizes is not None:
+                target_size = tuple(int(side) for side in target_sizes[index])
+                if tuple(image_logits.shape[-2:]) != target_size:
+                    image_logits = F.interpolate(image_logits, size=target_size, mode="bilinear", align_corners=False)
+            scores = image_logits[0]  # (N, H, W)
+            results.append(
+                SemanticSegmentationPostProcessorOutput(data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores})
+                if return_segmentation_scores
+                else scores.argmax(dim=0)
+            )
+        return results
 
+
+def _to_device(value: torch.Tensor | list[torch.Tensor], device) -> torch.Tensor | list[torch.Tensor]:
+    return [item.to(device) for item in value] if isinstance(value, list) else value.to(device)
+
+
+def _stack_padded(maps: list[torch.Tensor], sizes: list[tuple[int, int]], fill: int) -> torch.Tensor:
+    """Per-image (h_i, w_i) maps -> one (B, H, W) tensor, each padded at the bottom / right with `fill`."""
+    height, width = max(size[0] for size in sizes), max(size[1] for size in sizes)
+    stacked = maps[0].new_full((len(maps), height, width), fill)
+    for index, (item, (h, w)) in enumerate(zip(maps, sizes)):
+        stacked[index, :h, :w] = item
+    return stacked
 
 __all__ = [
     "SemanticFPNImageProcessor",
     "SemanticFPNImageProcessorKwargs",
+    "encode_labels",
     "image_to_tensor",
     "label_policy_options",
     "label_to_tensor",

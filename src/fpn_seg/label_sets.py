@@ -1,7 +1,7 @@
 """Class names and palettes of the datasets the seed models were trained on.
 
-Hub code: imported by the configuration (presets), so it stays free of `fpn_seg` imports. The ADE20K names are
-mmsegmentation's (`ADE20KDataset.METAINFO`, 150 classes, annotation value `v` is class `v - 1` after
+Read by the presets and the colour palettes (not hub code: a saved model carries its class names in `id2label`). The
+ADE20K names are mmsegmentation's (`ADE20KDataset.METAINFO`, 150 classes, annotation value `v` is class `v - 1` after
 `reduce_zero_label`), with the trailing space of mmseg's `"bed "` stripped.
 """
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor
 
@@ -65,7 +66,7 @@ def load_processor(source: str, config, where: str, has_processor: bool | None =
     if has_processor is not False:
         try:
             processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as error:
             if has_processor or not isinstance(error, OSError):
                 raise ModelFolderError(f"Cannot load the image processor of the {where}: {error}") from error
     if processor is None:
@@ -106,7 +107,7 @@ def load_model(
         model = AutoModelForSemanticSegmentation.from_pretrained(source, trust_remote_code=trust_remote_code)
     except ModelFolderError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, StrictDataclassError) as error:
         hint = " Pass --trust-remote-code if you trust the code it ships." if "trust_remote_code" in str(error) else ""
         raise ModelFolderError(f"Cannot load the {where}: {error}{hint}") from error
     processor = load_processor(source, model.config, where, has_processor, trust_remote_code)

@@ -5,13 +5,15 @@ backbone state dict loads after stripping its `backbone.` prefix. Hub code: impo
 """
 
 import contextlib
+import functools
+from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput
 
 from .configuration_resnet_v1c import ResNetV1cConfig
@@ -19,40 +21,60 @@ from .configuration_resnet_v1c import ResNetV1cConfig
 
 @contextlib.contextmanager
 def _batch_norm_statistics_kept(module: nn.Module):
-    """Put back the running statistics of `module`'s BatchNorms on exit: the recomputation of a checkpointed block
-    in the backward pass must not update them a second time."""
+    """While inside, `module`'s BatchNorms normalise with batch statistics as usual but leave their running
+    statistics as they are (momentum 0; `num_batches_tracked` put back on exit): the recomputation of a checkpointed
+    block in the backward pass must not update them a second time, nor write to tensors autograd saved."""
     norms = [norm for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
-    saved = [[buffer.clone() for buffer in norm.buffers()] for norm in norms]
+    saved = [(norm.momentum, None if norm.num_batches_tracked is None else norm.num_batches_tracked.clone()) for norm in norms]
+    for norm in norms:
+        norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged, bit for bit
     try:
         yield
     finally:
         with torch.no_grad():
-            for norm, buffers in zip(norms, saved):
-                for buffer, value in zip(norm.buffers(), buffers):
-                    buffer.copy_(value)
+            for norm, (momentum, tracked) in zip(norms, saved):
+                norm.momentum = momentum
+                if tracked is not None:
+                    norm.num_batches_tracked.copy_(tracked)
 
 
-class ResNetV1cBlock(nn.Module):
-    """Base of the residual blocks: `_forward` holds the computation; with gradient checkpointing on (set by
-    `model.gradient_checkpointing_enable()` / `TrainingArguments(gradient_checkpointing=True)`), a training forward
-    keeps only the block's input and recomputes the rest in the backward pass, with the same BatchNorm statistics
-    updates as without checkpointing."""
+@torch.compiler.disable  # dynamo cannot trace the closure's call count: under torch.compile the block runs eagerly
+def _checkpoint_keeping_batch_norm_statistics(checkpoint_function: Callable, block: nn.Module, forward, *args):
+    """`checkpoint_function(forward, *args)` (the function transformers injects: plain, with its kwargs, or
+    offloading), except that the recomputation of `forward` in the backward pass puts the running statistics of
+    `block`'s BatchNorms back, so that a checkpointed step updates them once, as a plain step does."""
+    calls = 0
 
-    gradient_checkpointing = False
+    def run(*inputs):
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the forward pass
+            return forward(*inputs)
+        with _batch_norm_statistics_kept(block):  # a recomputation
+            return forward(*inputs)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return self._checkpointed_forward(hidden_states)
-        return self._forward(hidden_states)
+    return checkpoint_function(run, *args)
 
-    @torch.compiler.disable  # dynamo cannot trace a custom `context_fn`: under torch.compile the block runs eagerly
-    def _checkpointed_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return checkpoint(
-            self._forward,
-            hidden_states,
-            use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), _batch_norm_statistics_kept(self)),
+
+class ResNetV1cBlock(GradientCheckpointingLayer):
+    """Base of the residual blocks. With gradient checkpointing on (`model.gradient_checkpointing_enable()` /
+    `TrainingArguments(gradient_checkpointing=True)`, every option of transformers' mechanism), a training forward keeps
+    only the block's input and recomputes the rest in the backward pass, with the same BatchNorm statistics updates as
+    without checkpointing: the checkpoint function transformers injects is wrapped on assignment."""
+
+    @property
+    def _gradient_checkpointing_func(self) -> Callable | None:
+        return self.__dict__.get("_checkpoint_function")
+
+    @_gradient_checkpointing_func.setter
+    def _gradient_checkpointing_func(self, function: Callable) -> None:
+        self.__dict__["_checkpoint_function"] = functools.partial(
+            _checkpoint_keeping_batch_norm_statistics, function, self
         )
+
+    @_gradient_checkpointing_func.deleter
+    def _gradient_checkpointing_func(self) -> None:
+        self.__dict__.pop("_checkpoint_function", None)
 
 
 class ResNetV1cBasicBlock(ResNetV1cBlock):
@@ -69,7 +91,7 @@ class ResNetV1cBasicBlock(ResNetV1cBlock):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
         hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
         hidden_states = self.bn2(self.conv2(hidden_states))
@@ -93,7 +115,7 @@ class ResNetV1cBottleneck(ResNetV1cBlock):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
         hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
         hidden_states = self.relu(self.bn2(self.conv2(hidden_states)))

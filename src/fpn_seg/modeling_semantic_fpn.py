@@ -8,18 +8,22 @@ import math
 import os
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
+from .atomic import WEIGHT_FILE_NAME, save_folder_atomically, split_push_options
 from .configuration_resnet_v1c import ResNetV1cConfig
-from .configuration_semantic_fpn import WEIGHT_FILE_NAME, SemanticFPNConfig, save_folder_atomically
+from .configuration_semantic_fpn import SemanticFPNConfig
 from .modeling_resnet_v1c import ResNetV1cBackbone, fold_batch_norm_into_conv, init_batch_norm
 
 
@@ -97,7 +101,8 @@ class SemanticFPNHead(nn.Module):
 
 def check_label_values(labels: torch.Tensor, config: SemanticFPNConfig) -> None:
     """Raise a `ValueError` naming the likely cause when `labels` hold values other than class ids and ignore_index
-    (or fractional values, as a label map resized with bilinear interpolation has)."""
+    (or fractional values, as a label map resized with bilinear interpolation has). A device sync: the data path
+    (`fpn-seg train`'s first batch) runs it, and the loss runs it only to explain a failure."""
     if labels.is_floating_point() and not torch.equal(labels, labels.round()):
         raise ValueError(
             "labels hold fractional values; expected class ids. Label maps must be resized with nearest-neighbour "
@@ -179,7 +184,9 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
         strict (`bool`, defaults to `True`):
             Refuse weights files that lack keys of the model or hold keys it does not have (a `config.json` and
             weights of different networks, e.g. another backbone depth). `strict=False` loads them as transformers
-            does: missing weights randomly initialised, extra ones dropped, with its load report.
+            does: missing weights randomly initialised, extra ones dropped, with its load report. Not applied when
+            the weights come as `state_dict` with no folder (`from_pretrained(None, config=..., state_dict=...)`)
+            or when `output_loading_info=True` asks for that report.
 
         Weights of another shape (e.g. a classifier for another number of classes) are refused unless
         `ignore_mismatched_sizes=True`, which re-initialises them (to fine-tune a new classifier).
@@ -201,11 +208,14 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
             if type(error).__name__ != "SafetensorError":  # safetensors' class, named: hub code imports no safetensors
                 raise
             raise OSError(
-                f"{source}: the weights file (model.safetensors) is truncated or corrupt ({error}); was the save "
+                f"{source}: the weights file ({SAFE_WEIGHTS_NAME}) is truncated or corrupt ({error}); was the save "
                 "interrupted? Save the model again (save_pretrained writes the folder atomically)."
             ) from None
         if not ignore_mismatched_sizes and loading_info["mismatched_keys"]:
             raise ValueError(_mismatched_keys_message(source, loading_info["mismatched_keys"], model.config))
+        # A plain load from a folder or hub id is strict; a given state_dict (`from_pretrained(None, config=...,
+        # state_dict=...)`) and a load that asks for its report (`output_loading_info=True`) get transformers' report.
+        strict = strict and pretrained_model_name_or_path is not None and not output_loading_info
         if strict and (loading_info["missing_keys"] or loading_info["unexpected_keys"]):
             missing, unexpected = loading_info["missing_keys"], loading_info["unexpected_keys"]
             raise ValueError(_missing_keys_message(source, missing, unexpected))
@@ -227,23 +237,17 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
         """
         if not is_main_process or kwargs.get("distributed_checkpoint"):  # every process writes: no staging folder
             return super().save_pretrained(save_directory, is_main_process, state_dict, push_to_hub, **kwargs)
-        hub_options = {name: kwargs.pop(name) for name in _PUSH_TO_HUB_OPTIONS if name in kwargs}
+        kwargs, hub_options = split_push_options(kwargs)
         save_folder = super().save_pretrained
         save_folder_atomically(
             lambda folder: save_folder(folder, state_dict=state_dict, **kwargs),
             save_directory,
-            commit_file="config.json",
+            commit_file=CONFIG_NAME,
             retire=WEIGHT_FILE_NAME,
         )
         if push_to_hub:
             repo_id = hub_options.pop("repo_id", Path(save_directory).absolute().name)
             self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"), **hub_options)
-
-
-# `save_pretrained` keyword arguments that go to `push_to_hub` (the others go to the save itself).
-_PUSH_TO_HUB_OPTIONS = (
-    "repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags"
-)  # fmt: skip
 
 
 def _shown_keys(keys) -> str:
@@ -279,7 +283,7 @@ def _unpickling_message(source: str, error: Exception) -> str:
         f"{source}: refused. The pickled weights file (pytorch_model.bin) cannot be read with "
         f"torch.load(weights_only=True): {reason}. Loading it with weights_only=False could run code from the file, "
         "which this model never does. Re-save the weights as safetensors (model.save_pretrained writes "
-        "model.safetensors) in an environment that trusts the file."
+        f"{SAFE_WEIGHTS_NAME}) in an environment that trusts the file."
     )
 
 
@@ -308,6 +312,37 @@ def build_backbone(config: SemanticFPNConfig) -> nn.Module:
     return load_backbone(config)
 
 
+@dataclass
+class SemanticFPNSegmenterOutput(SemanticSegmenterOutput):
+    r"""
+    `SemanticSegmenterOutput` plus, for a padded batch (given a `pixel_mask`):
+
+    image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
+        The (height, width) of each image's own region of the logits (top left); the rest is padding.
+        `SemanticFPNImageProcessor.post_process_semantic_segmentation` crops to it before resizing.
+    """
+
+    image_sizes: torch.LongTensor | None = None
+
+
+def image_sizes_of(pixel_mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) mask, 1 on each image's own pixels (top left) -> (B, 2) int64 (height, width) of those regions."""
+    rows, columns = pixel_mask.bool().any(dim=2), pixel_mask.bool().any(dim=1)  # (B, H), (B, W)
+    return torch.stack([rows.sum(dim=1), columns.sum(dim=1)], dim=1).long()
+
+
+def logits_per_image(compute_logits, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """Logits (B, N, H, W) of a padded batch with each image run alone on its own region, so that its logits equal
+    its unbatched logits bit for bit; zeros over the padding. `compute_logits` maps (1, C, h, w) -> (1, N, h, w)."""
+    logits = None
+    for index, (height, width) in enumerate(image_sizes.tolist()):
+        image_logits = compute_logits(pixel_values[index : index + 1, :, :height, :width])  # (1, N, h, w)
+        if logits is None:
+            logits = image_logits.new_zeros((len(pixel_values), image_logits.shape[1], *pixel_values.shape[-2:]))
+        logits[index, :, :height, :width] = image_logits[0]
+    return logits
+
+
 class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
     """Semantic FPN for semantic segmentation. `logits` come back at the input resolution, as mmseg resizes them at
     test time (bilinear, align_corners=False); the loss is computed at the labels' resolution."""
@@ -326,57 +361,99 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> SemanticFPNSegmenterOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
             Normalised images (see [`SemanticFPNImageProcessor`]).
         labels (`torch.LongTensor` of shape `(B, H_l, W_l)`, *optional*):
             Training ids in `[0, num_labels)` or `config.ignore_index`. The logits are resized to `(H_l, W_l)` for the
             loss when the sizes differ.
+        pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
+            1 on each image's own pixels of a padded batch (the processor's output for images of different sizes).
+            In eval mode each image then runs alone on its region (its logits equal its unbatched ones); in training
+            the padded batch runs as it is, as mmseg trains on padded crops.
         output_hidden_states (`bool`, *optional*):
             Return the backbone's hidden states (stem and each stage) followed by the FPN levels (finest first).
 
-        Returns `SemanticSegmenterOutput` with `logits` of shape `(B, num_labels, H, W)`.
+        Returns `SemanticFPNSegmenterOutput` with `logits` of shape `(B, num_labels, H, W)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         check_pixel_values(pixel_values, getattr(self.config.backbone_config, "num_channels", 3))
-        if labels is not None:
-            check_label_values(labels, self.config)
-        backbone_outputs = self.backbone(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        pyramid = self.neck(list(backbone_outputs.feature_maps))  # strides 4..32, neck_channels each
-        head_logits = self.decode_head(pyramid)  # (B, num_labels, H/4, W/4)
-        logits = F.interpolate(head_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        image_sizes = image_sizes_of(pixel_mask) if pixel_mask is not None else None
+        if image_sizes is not None and not self.training and (image_sizes != image_sizes.new_tensor(pixel_values.shape[-2:])).any():
+            if output_hidden_states:
+                raise ValueError("output_hidden_states is not available for a padded batch of different sizes.")
+            logits, hidden_states = logits_per_image(lambda image: self._logits(image)[0], pixel_values, image_sizes), None
+        else:
+            logits, hidden_states = self._logits(pixel_values, output_hidden_states)
 
         loss = self.segmentation_loss(logits, labels) if labels is not None else None
-        hidden_states = None
-        if output_hidden_states:
-            hidden_states = tuple(backbone_outputs.hidden_states or backbone_outputs.feature_maps) + tuple(pyramid)
         if not return_dict:
             output = (logits,) + ((hidden_states,) if hidden_states is not None else ())
             return ((loss,) + output) if loss is not None else output
-        return SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        return SemanticFPNSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states, image_sizes=image_sizes)
+
+    def _logits(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        """backbone -> neck -> head -> upsample: logits (B, num_labels, H, W) at the input size, and hidden states."""
+        backbone_outputs = self.backbone.forward_with_filtered_kwargs(
+            pixel_values, output_hidden_states=output_hidden_states, return_dict=True
+        )
+        pyramid = self.neck(list(backbone_outputs.feature_maps))  # strides 4..32, neck_channels each
+        head_logits = self.decode_head(pyramid)  # (B, num_labels, H/4, W/4)
+        logits = F.interpolate(head_logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = tuple(backbone_outputs.hidden_states or backbone_outputs.feature_maps) + tuple(pyramid)
+        return logits, hidden_states
 
     def segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy under the config's label policy; `logits` (B, N, H, W), `labels` (B, H_l, W_l)."""
+        """Cross-entropy under the config's label policy; `logits` (B, N, H, W), `labels` (B, H_l, W_l) class ids.
+
+        Checks that need a device sync run only when the cross-entropy fails, to name the cause of bad values."""
         if labels.dim() == 4 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.dim() != 3 or labels.shape[0] != logits.shape[0]:
             raise ValueError(
                 f"labels must have shape (batch, height, width) = ({logits.shape[0]}, H, W); got {tuple(labels.shape)}."
             )
+        if labels.is_floating_point():
+            raise ValueError(
+                f"labels have dtype {labels.dtype}; expected integer class ids (torch.long). Float labels often hold "
+                "fractional values from a label map resized bilinearly: label maps must be resized with "
+                "nearest-neighbour interpolation (SemanticFPNImageProcessor and the fpn_seg.data transforms do)."
+            )
         if labels.shape[-2:] != logits.shape[-2:]:
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         labels = labels.long()
         ignore_index = self.config.ignore_index
-        pixel_losses = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+        try:
+            pixel_losses = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+        except (IndexError, RuntimeError):
+            check_label_values(labels, self.config)  # names the cause of out-of-range values
+            raise
         if self.config.loss_average == "all_pixels":
             return pixel_losses.sum() / labels.numel()
         return pixel_losses.sum() / (labels != ignore_index).sum().clamp(min=1)
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ):
+        """As transformers' own, but refused with the backbone named when the backbone cannot checkpoint its blocks
+        (e.g. transformers' `ResNetBackbone`): Semantic FPN checkpoints the backbone's residual blocks."""
+        if enable and not getattr(self.backbone, "supports_gradient_checkpointing", False):
+            backbone_type = getattr(self.config.backbone_config, "model_type", None)
+            raise ValueError(
+                f"Gradient checkpointing recomputes the backbone's blocks, and this model's backbone "
+                f"{type(self.backbone).__name__} (model_type {backbone_type!r}) does not support it; use the "
+                "ResNetV1c backbone or one whose transformers class supports gradient checkpointing."
+            )
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
 
     def fold_batch_norm(self) -> "SemanticFPNForSemanticSegmentation":
         """An eval-only copy of the model in which every BatchNorm that follows a conv is folded into that conv.
@@ -426,8 +503,11 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
 __all__ = [
     "check_label_values",
     "check_pixel_values",
+    "image_sizes_of",
+    "logits_per_image",
     "SemanticFPNConvBlock",
     "SemanticFPNForSemanticSegmentation",
+    "SemanticFPNSegmenterOutput",
     "SemanticFPNHead",
     "SemanticFPNNeck",
     "SemanticFPNPreTrainedModel",

@@ -48,12 +48,13 @@ import PIL.Image
 import torch
 import torch.distributed as dist
 import yaml
+from huggingface_hub.errors import StrictDataclassError
 from datasets import Dataset, DatasetDict, Image
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
 from .configuration_resnet_v1c import ResNetV1cConfig
-from .configuration_semantic_fpn import PRESETS, SemanticFPNConfig, get_preset
+from .configuration_semantic_fpn import SemanticFPNConfig
 from .convert import semantic_fpn_from_pretrained_backbone
 from .data import (
     EvalTransform,
@@ -73,6 +74,7 @@ from .image_processing_semantic_fpn import (
 )
 from .metrics import format_iou_table, make_compute_metrics
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
+from .presets import PRESETS, get_preset, preset_config
 from .visualize import plot_training_curves
 
 logger = logging.get_logger(__name__)
@@ -287,7 +289,7 @@ def build_model(model_args: ModelArguments, ignore_mismatched_sizes: bool = Fals
         "Training from scratch: no --backbone_name_or_path (mmseg's recipes start from ImageNet ResNetV1c weights; "
         "convert them with `fpn-seg convert --backbone ...`)."
     )
-    config = SemanticFPNConfig.from_preset(
+    config = preset_config(
         model_args.preset, backbone_config=ResNetV1cConfig(**backbone_overrides), **config_overrides
     )
     return SemanticFPNForSemanticSegmentation(config)
@@ -688,7 +690,7 @@ def command_line(argv: Sequence[str] | None = None) -> int:
     data or output folder) printed as one line instead of a traceback; returns the exit status (0, or 2)."""
     try:
         main(argv)
-    except (ValueError, KeyError, OSError) as error:
+    except (ValueError, KeyError, OSError, StrictDataclassError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"fpn-seg train: error: {type(error).__name__}: {message}", file=sys.stderr)
         return 2

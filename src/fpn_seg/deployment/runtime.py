@@ -13,10 +13,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from transformers.modeling_outputs import SemanticSegmenterOutput
+from huggingface_hub.errors import StrictDataclassError
 
 from ..configuration_semantic_fpn import SemanticFPNConfig
-from ..modeling_semantic_fpn import check_pixel_values
+from ..modeling_semantic_fpn import SemanticFPNSegmenterOutput, check_pixel_values, image_sizes_of, logits_per_image
 from .dependencies import require
 
 ONNX_FILE_NAME = "model.onnx"
@@ -73,7 +73,7 @@ class ORTModelForSemanticSegmentation:
     """A Semantic FPN exported to ONNX, run by ONNX Runtime with the interface of the torch model.
 
     Calling it with `pixel_values` (B, 3, H, W) float32 (a torch tensor or a numpy array, as the processor makes them)
-    returns a `SemanticSegmenterOutput` whose `logits` (B, num_labels, H, W) are a float32 torch tensor at the input
+    returns a `SemanticFPNSegmenterOutput` (a `SemanticSegmenterOutput`) whose `logits` (B, num_labels, H, W) are a float32 torch tensor at the input
     size. `config` is the model's `SemanticFPNConfig` (classes and label policy). It is inference-only: no `labels`
     (no loss), no training mode, CPU tensors in and out (ONNX Runtime's own providers decide where it runs).
 
@@ -113,7 +113,10 @@ class ORTModelForSemanticSegmentation:
         config_file = Path(folder) / "config.json"
         if not config_file.is_file():
             raise OnnxFolderError(f"{str(folder)!r} has {path.name} but no config.json; export the folder again.")
-        config = SemanticFPNConfig.from_pretrained(folder)
+        try:
+            config = SemanticFPNConfig.from_pretrained(folder)
+        except (OSError, ValueError, StrictDataclassError) as error:
+            raise OnnxFolderError(f"{config_file}: not a Semantic FPN config ({str(error).splitlines()[0]}).") from None
         if config.model_type != SemanticFPNConfig.model_type:
             raise OnnxFolderError(f"{config_file}: model_type {config.model_type!r}, expected 'semantic_fpn'.")
         try:
@@ -162,22 +165,31 @@ class ORTModelForSemanticSegmentation:
         self,
         pixel_values: torch.Tensor | np.ndarray,
         labels: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool = True,
-    ) -> SemanticSegmenterOutput | tuple:
-        """Logits (B, num_labels, H, W) of `pixel_values` (B, 3, H, W) float32; see the class docstring."""
+    ) -> SemanticFPNSegmenterOutput | tuple:
+        """Logits (B, num_labels, H, W) of `pixel_values` (B, 3, H, W) float32; with the processor's `pixel_mask` of a
+        padded batch, each image runs alone on its own region, as the torch model does in eval mode."""
         if labels is not None or output_hidden_states:
             raise TypeError(
                 "ORTModelForSemanticSegmentation returns logits only (no loss, no hidden states); call it with "
-                "pixel_values alone."
+                "pixel_values (and pixel_mask) alone."
             )
         if isinstance(pixel_values, np.ndarray):
             pixel_values = torch.from_numpy(pixel_values)
         check_pixel_values(pixel_values, num_channels=3)
-        inputs = pixel_values.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
-        (logits,) = self.session.run(None, {self._input_name: inputs})
-        logits = torch.from_numpy(logits)
-        return SemanticSegmenterOutput(logits=logits) if return_dict else (logits,)
+        pixel_values = pixel_values.detach().to(device="cpu", dtype=torch.float32)
+        image_sizes = image_sizes_of(torch.as_tensor(pixel_mask)) if pixel_mask is not None else None
+        if image_sizes is not None and (image_sizes != image_sizes.new_tensor(pixel_values.shape[-2:])).any():
+            logits = logits_per_image(self._logits, pixel_values, image_sizes)
+        else:
+            logits = self._logits(pixel_values)
+        return SemanticFPNSegmenterOutput(logits=logits, image_sizes=image_sizes) if return_dict else (logits,)
+
+    def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self._input_name: pixel_values.contiguous().numpy()})
+        return torch.from_numpy(logits)
 
     forward = __call__
 
