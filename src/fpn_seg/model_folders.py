@@ -8,13 +8,19 @@ from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from transformers.utils import (
+    CONFIG_NAME,
+    IMAGE_PROCESSOR_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor
 
-WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
-)  # fmt: skip
-PROCESSOR_FILE = "preprocessor_config.json"
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+PROCESSOR_FILE = IMAGE_PROCESSOR_NAME
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -29,8 +35,8 @@ def check_model_folder(folder: Path, argument: str = "MODEL") -> bool:
             f"{argument} {str(folder)!r} is a file; expected a model folder (config.json + weights) or a hub id."
         )
     missing = []
-    if not (folder / "config.json").is_file():
-        missing.append("config.json")
+    if not (folder / CONFIG_NAME).is_file():
+        missing.append(CONFIG_NAME)
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         missing.append(f"weights ({' or '.join(WEIGHT_FILES[:3])})")
     if missing:
