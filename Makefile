@@ -8,7 +8,7 @@ TORCH_INDEX_URL ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean browser
 
 install: $(STAMP)
 
@@ -16,13 +16,23 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install -q -e ".[dev,onnx,bench]"
+	$(PY) -m pip install -q -e ".[dev,onnx,app,bench]"
 	touch $(STAMP)
 
-# transformers' own common tests come from the sdist of the installed version (downloaded once into .cache/).
-test: $(STAMP)
+# transformers' own common tests come from the sdist of the installed version (downloaded once into .cache/); the
+# two CPUs run the suite in two workers, each test module on one of them (module fixtures are built once).
+test: $(STAMP) browser
 	$(PY) tests/transformers_suite.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope
+
+# The app's browser test drives Debian's chromium: installed with apt-get when missing and running as root (as CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make test: installing Debian's chromium for the browser test (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "make test: could not install chromium: the browser test will be skipped"; \
+	  else echo "make test: chromium is missing and apt-get needs root: the browser test will be skipped"; fi; }
 
 # Synthetic street scenes -> Trainer fine-tuning -> AutoModel + pipeline -> overlays; reuses what exists.
 demo: $(STAMP)

@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if (onnx_dir / "model.onnx").is_file():
         print(f"  ONNX folder      {onnx_dir}  (fpn-seg predict {onnx_dir} IMAGES --onnx [--int8])")
     print(f"  a held-out scene {args.output_dir / 'street.png'}  (the README's snippets use it)")
+    print(f"  web page         fpn-seg app {model_dir}  (http://127.0.0.1:7860)")
     print(f"  held-out mIoU    {100 * results['mean_iou']:.2f}")
     return 0
 

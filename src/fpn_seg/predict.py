@@ -39,7 +39,7 @@ from PIL import Image
 from .atomic import write_file_atomically
 from .image_files import ImageInput, ImageInputError, ImageReadError, collect_image_inputs, read_image
 from .inference import MMSEG_MS_RATIOS, prepare_model, segment
-from .model_folders import PROCESSOR_FILE, ModelFolderError, load_model, load_processor
+from .model_folders import ModelFolderError, load_model
 from .optimization import retain_freed_memory
 from .visualize import overlay, save_label_png
 
@@ -60,12 +60,11 @@ def outputs_of(item: ImageInput, output_dir: Path, with_overlay: bool) -> list[P
 def load_onnx_model(folder: str, int8: bool):
     """An ONNX folder of `fpn-seg export` -> (ORTModelForSemanticSegmentation, its processor); `PredictError` when it
     cannot be loaded."""
-    from .deployment import OnnxFolderError, ORTModelForSemanticSegmentation
+    from .deployment import OnnxFolderError
+    from .deployment.runtime import load_onnx_folder
 
     try:
-        model = ORTModelForSemanticSegmentation.from_pretrained(folder, precision="int8" if int8 else "fp32")
-        has_processor = (Path(folder) / PROCESSOR_FILE).is_file()
-        return model, load_processor(folder, model.config, f"ONNX folder {folder!r}", has_processor)
+        return load_onnx_folder(folder, precision="int8" if int8 else "fp32")
     except (OnnxFolderError, ModelFolderError, ImportError, OSError) as error:
         raise PredictError(f"MODEL {folder!r} (--onnx): {error}") from None
 

@@ -1,4 +1,4 @@
-"""The `[onnx]` extra: importing onnx / onnxruntime / onnxscript, or an `ImportError` that names the extra."""
+"""Optional dependencies (the `[onnx]` and `[app]` extras): imported on use, or an `ImportError` naming the extra."""
 
 import importlib
 from types import ModuleType
@@ -6,8 +6,10 @@ from types import ModuleType
 ONNX_EXTRA = "pip install 'fpn_seg[onnx]'"
 
 
-def require(*modules: str, purpose: str = "ONNX export and ONNX Runtime inference") -> list[ModuleType]:
-    """The named modules, imported; an `ImportError` naming the missing one and the `[onnx]` extra otherwise."""
+def require(
+    *modules: str, purpose: str = "ONNX export and ONNX Runtime inference", extra: str = "onnx"
+) -> list[ModuleType]:
+    """The named modules, imported; an `ImportError` naming the missing one and the extra that installs it otherwise."""
     imported = []
     for name in modules:
         try:
@@ -15,7 +17,7 @@ def require(*modules: str, purpose: str = "ONNX export and ONNX Runtime inferenc
         except ImportError as error:
             raise ImportError(
                 f"{purpose} needs the {name.split('.')[0]} package, which is not installed ({error}); install the "
-                f"extra: {ONNX_EXTRA}."
+                f"extra: pip install 'fpn_seg[{extra}]'."
             ) from None
     return imported
 

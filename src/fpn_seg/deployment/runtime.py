@@ -16,6 +16,8 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 from ..configuration_semantic_fpn import SemanticFPNConfig
+from ..image_processing_semantic_fpn import SemanticFPNImageProcessor
+from ..model_folders import PROCESSOR_FILE, load_processor
 from ..modeling_semantic_fpn import SemanticFPNSegmenterOutput, check_pixel_values, image_sizes_of, logits_per_image
 from .dependencies import require
 
@@ -197,12 +199,29 @@ class ORTModelForSemanticSegmentation:
         return f"{type(self).__name__}({self.model_path}, precision={self.precision!r})"
 
 
+def is_onnx_folder(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is an ONNX export (holds `model.onnx`), as opposed to a torch model folder or a hub id."""
+    return (Path(folder) / ONNX_FILE_NAME).is_file()
+
+
+def load_onnx_folder(
+    folder: str | os.PathLike, precision: Precision = "fp32", num_threads: int | None = None
+) -> tuple[ORTModelForSemanticSegmentation, SemanticFPNImageProcessor]:
+    """An ONNX folder of `fpn-seg export` -> (its `ORTModelForSemanticSegmentation`, its image processor: the saved
+    one, or the config's with a note when the folder has none). Raises `OnnxFolderError` / `ModelFolderError`."""
+    model = ORTModelForSemanticSegmentation.from_pretrained(folder, precision=precision, num_threads=num_threads)
+    has_processor = (Path(folder) / PROCESSOR_FILE).is_file()
+    return model, load_processor(str(folder), model.config, f"ONNX folder {str(folder)!r}", has_processor)
+
+
 __all__ = [
     "ONNX_FILE_NAME",
     "ORTModelForSemanticSegmentation",
     "OnnxFolderError",
     "PRECISION_FILES",
     "QUANTIZED_FILE_NAME",
+    "is_onnx_folder",
+    "load_onnx_folder",
     "onnx_model_path",
     "session_options",
 ]

@@ -1,0 +1,158 @@
+"""The app's model service, without any web framework: a model folder (torch, or an ONNX export) loaded once, its
+inference copies prepared once per precision, and one image file -> label map, overlay, class shares and time.
+"""
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..image_files import ImageReadError, read_image
+from ..inference import MMSEG_MS_RATIOS, prepare_model, segment
+from ..model_folders import ModelFolderError, load_model
+from ..optimization import bf16_is_fast
+from ..visualize import overlay, save_label_png
+
+MODES = ("whole", "slide", "ms+flip")
+DEFAULT_MAX_PIXELS = 25_000_000
+OUTPUT_MAX_AGE_S = 600  # label PNGs written for downloads are removed after this long (gradio keeps its own copy)
+
+
+class AppError(Exception):
+    """A request the app cannot serve (not an image, too large, no model); the message is shown in the page."""
+
+
+@dataclass
+class SegmentationResult:
+    """What the app shows for one image."""
+
+    label_map: torch.Tensor  # (H, W) int64 class ids at the image's size
+    overlay: Image.Image  # the image blended with the class colours, with a legend
+    classes: list[tuple[str, float, int]]  # (class name, share of pixels in %, pixels), largest first
+    seconds: float  # segmentation time (reading and drawing not counted)
+    label_png: Path  # the label map as a PNG of class ids, for download
+
+
+@dataclass
+class SegmentationService:
+    """A Semantic FPN model folder, ready to segment image files.
+
+    `source` is a model folder or hub id (`AutoModelForSemanticSegmentation`), or an ONNX folder of `fpn-seg export`.
+    The model loads once; a folder that does not load leaves `load_error` set (and every request refused with it)
+    instead of failing, so that the page can say why. Requests may run concurrently.
+    """
+
+    source: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    crop_size: tuple[int, int] | None = None  # the slide windows; default: the test scale's short side, square
+    trust_remote_code: bool = False
+    load_error: str | None = None
+    kind: str = "torch"  # "torch" or "onnx"
+    precisions: tuple[str, ...] = ()
+    _models: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        self._outputs = tempfile.TemporaryDirectory(prefix="fpn_seg_app_")
+        try:
+            self._load()
+        except (ModelFolderError, ImportError, OSError, ValueError) as error:
+            self.load_error = f"The model {self.source!r} does not load: {error}"
+
+    def _load(self) -> None:
+        from ..deployment.runtime import QUANTIZED_FILE_NAME, is_onnx_folder, load_onnx_folder
+
+        if is_onnx_folder(self.source):
+            self.kind = "onnx"
+            model, self.processor = load_onnx_folder(self.source, "fp32")
+            self.precisions = ("fp32", "int8") if (Path(self.source) / QUANTIZED_FILE_NAME).is_file() else ("fp32",)
+        else:
+            model, self.processor = load_model(self.source, self.trust_remote_code, argument="MODEL_DIR")
+            model = prepare_model(model)  # the exact optimised copy, once: fp32 and bf16 both run it
+            self.precisions = ("fp32", "bf16") if bf16_is_fast() else ("fp32",)
+        self._models["fp32"] = model
+        self.config = model.config
+        short_side = min(self.processor.scale) if self.processor.scale else 512
+        self.crop_size = tuple(self.crop_size or (short_side, short_side))
+
+    def _model(self, precision: str):
+        """The inference model of `precision`: torch's bf16 runs the fp32 copy under autocast; ONNX int8 loads once."""
+        if precision not in self.precisions:
+            raise AppError(f"precision {precision!r} is not available here; choose one of {list(self.precisions)}.")
+        if self.kind == "torch":
+            return self._models["fp32"]
+        with self._lock:  # loaded once, even when two requests ask at the same moment
+            if precision not in self._models:
+                from ..deployment.runtime import load_onnx_folder
+
+                self._models[precision] = load_onnx_folder(self.source, precision)[0]
+        return self._models[precision]
+
+    @property
+    def title(self) -> str:
+        """The page's title: the model folder with its parent (`demo_output/model`), or the hub id."""
+        path = Path(self.source)
+        name = f"{path.parent.name}/{path.name}" if path.is_dir() and path.parent.name else self.source
+        return f"Semantic FPN: {name}" + (" (ONNX)" if self.kind == "onnx" else "")
+
+    def describe(self) -> str:
+        """One line on the model: classes, backbone, runtime."""
+        if self.load_error:
+            return self.load_error
+        backbone = getattr(self.config.backbone_config, "model_type", "?")
+        depth = getattr(self.config.backbone_config, "depth", None)
+        runtime = "ONNX Runtime" if self.kind == "onnx" else "PyTorch"
+        return (
+            f"{self.config.num_labels} classes, backbone {backbone}{f'-{depth}' if depth else ''}, test scale "
+            f"{list(self.processor.scale)}, {runtime}."
+        )
+
+    def segment_file(self, path: str | os.PathLike, mode: str = "whole", precision: str = "fp32") -> SegmentationResult:
+        """Segment one image file with mmseg's test `mode` ("whole", "slide" or "ms+flip") at `precision`."""
+        if self.load_error:
+            raise AppError(self.load_error)
+        if mode not in MODES:
+            raise AppError(f"mode {mode!r} is not one of {list(MODES)}.")
+        model = self._model(precision)
+        path = Path(path)
+        try:
+            image = read_image(path, self.max_pixels)
+        except ImageReadError as error:
+            raise AppError(f"{path.name}: {error}") from None
+        options = {
+            "whole": {},
+            "slide": {"mode": "slide", "crop_size": self.crop_size, "stride": [max(1, round(side * 2 / 3)) for side in self.crop_size]},
+            "ms+flip": {"scales": MMSEG_MS_RATIOS, "flip": True},
+        }[mode]
+        start = time.perf_counter()
+        (label_map,) = segment(model, self.processor, image, bf16=precision == "bf16", optimize=False, **options)
+        seconds = time.perf_counter() - start
+        picture = overlay(Image.fromarray(image.permute(1, 2, 0).numpy()), label_map, self.config.id2label,
+                          ignore_index=getattr(self.config, "ignore_index", 255))  # fmt: skip
+        return SegmentationResult(label_map, picture, self._class_shares(label_map), seconds, self._label_png(label_map, path))
+
+    def _class_shares(self, label_map: torch.Tensor) -> list[tuple[str, float, int]]:
+        counts = np.bincount(label_map.flatten().numpy(), minlength=self.config.num_labels)[: self.config.num_labels]
+        total = max(int(counts.sum()), 1)
+        order = np.argsort(-counts, kind="stable")
+        return [(self.config.id2label[int(i)], round(100 * counts[i] / total, 2), int(counts[i])) for i in order if counts[i]]
+
+    def _label_png(self, label_map: torch.Tensor, image_path: Path) -> Path:
+        """Write the label map for download as `<image stem>_label.png` in a folder of its own; those older than
+        `OUTPUT_MAX_AGE_S` are removed (the web framework keeps its own copy), so disk use stays flat."""
+        root, now = Path(self._outputs.name), time.time()
+        for old in root.iterdir():
+            if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        path = Path(tempfile.mkdtemp(dir=root)) / f"{image_path.stem}_label.png"
+        save_label_png(label_map, path)
+        return path
+
+__all__ = ["DEFAULT_MAX_PIXELS", "MODES", "AppError", "SegmentationResult", "SegmentationService"]
