@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 from .label_sets import CITYSCAPES_CLASSES, label_palette
 
@@ -63,15 +63,25 @@ def overlay(
     return canvas
 
 
-def save_label_png(label_map: np.ndarray | torch.Tensor, path: str | Path) -> None:
-    """Write class ids as an 8-bit (or 16-bit when ids exceed 255) single-channel PNG."""
+def save_label_png(label_map: np.ndarray | torch.Tensor, path: str | Path, text: Mapping[str, str] | None = None) -> None:
+    """Write class ids as an 8-bit (or 16-bit when ids exceed 255) single-channel PNG; `text`: PNG text chunks."""
     labels = np.asarray(label_map.cpu() if isinstance(label_map, torch.Tensor) else label_map)
     if labels.min(initial=0) < 0:
         raise ValueError("label maps with negative ids cannot be written as PNG.")
-    if labels.max(initial=0) <= 255:
-        Image.fromarray(labels.astype(np.uint8), mode="L").save(path)
-    else:
-        Image.fromarray(labels.astype(np.uint16)).save(path)
+    picture = Image.fromarray(labels.astype(np.uint8), mode="L") if labels.max(initial=0) <= 255 else Image.fromarray(
+        labels.astype(np.uint16)
+    )
+    picture.save(path, pnginfo=png_text(text))
+
+
+def png_text(text: Mapping[str, str] | None) -> PngImagePlugin.PngInfo | None:
+    """PNG text chunks for `Image.save(..., pnginfo=...)`."""
+    if not text:
+        return None
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    return info
 
 
 def plot_training_curves(log_history: Sequence[Mapping], path: str | Path, title: str = "Training") -> Path:

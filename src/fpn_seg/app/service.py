@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..image_files import ImageReadError, read_image
 from ..inference import MMSEG_MS_RATIOS, prepare_model, segment
 from ..model_folders import ModelFolderError, load_model
 from ..optimization import bf16_is_fast
-from ..visualize import overlay, save_label_png
+from ..visualize import overlay, png_text, save_label_png
 
 MODES = ("whole", "slide", "ms+flip")
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -38,6 +39,7 @@ class SegmentationResult:
     classes: list[tuple[str, float, int]]  # (class name, share of pixels in %, pixels), largest first
     seconds: float  # segmentation time (reading and drawing not counted)
     label_png: Path  # the label map as a PNG of class ids, for download
+    overlay_png: Path  # the overlay as a PNG file
 
 
 @dataclass
@@ -136,7 +138,8 @@ class SegmentationService:
         seconds = time.perf_counter() - start
         picture = overlay(Image.fromarray(image.permute(1, 2, 0).numpy()), label_map, self.config.id2label,
                           ignore_index=getattr(self.config, "ignore_index", 255))  # fmt: skip
-        return SegmentationResult(label_map, picture, self._class_shares(label_map), seconds, self._label_png(label_map, path))
+        label_png, overlay_png = self._write_outputs(label_map, picture, path)
+        return SegmentationResult(label_map, picture, self._class_shares(label_map), seconds, label_png, overlay_png)
 
     def _class_shares(self, label_map: torch.Tensor) -> list[tuple[str, float, int]]:
         counts = np.bincount(label_map.flatten().numpy(), minlength=self.config.num_labels)[: self.config.num_labels]
@@ -144,15 +147,21 @@ class SegmentationService:
         order = np.argsort(-counts, kind="stable")
         return [(self.config.id2label[int(i)], round(100 * counts[i] / total, 2), int(counts[i])) for i in order if counts[i]]
 
-    def _label_png(self, label_map: torch.Tensor, image_path: Path) -> Path:
-        """Write the label map for download as `<image stem>_label.png` in a folder of its own; those older than
-        `OUTPUT_MAX_AGE_S` are removed (the web framework keeps its own copy), so disk use stays flat."""
+    def _write_outputs(self, label_map: torch.Tensor, picture: Image.Image, image_path: Path) -> tuple[Path, Path]:
+        """Write `<image stem>_label.png` (class ids) and `<image stem>_overlay.png` in a folder of their own.
+
+        Each file carries a PNG text chunk with a request id: gradio caches result files by content, and two
+        concurrent requests with identical results would otherwise share (and race on) one cached file. Folders
+        older than `OUTPUT_MAX_AGE_S` are removed (gradio keeps its own copy), so disk use stays flat."""
         root, now = Path(self._outputs.name), time.time()
         for old in root.iterdir():
             if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
                 shutil.rmtree(old, ignore_errors=True)
-        path = Path(tempfile.mkdtemp(dir=root)) / f"{image_path.stem}_label.png"
-        save_label_png(label_map, path)
-        return path
+        folder = Path(tempfile.mkdtemp(dir=root))
+        text = {"fpn_seg:request": uuid.uuid4().hex}
+        label_png, overlay_png = folder / f"{image_path.stem}_label.png", folder / f"{image_path.stem}_overlay.png"
+        save_label_png(label_map, label_png, text)
+        picture.save(overlay_png, pnginfo=png_text(text))
+        return label_png, overlay_png
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MODES", "AppError", "SegmentationResult", "SegmentationService"]

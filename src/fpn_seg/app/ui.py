@@ -40,7 +40,7 @@ def build_app(
             result = service.segment_file(path, mode, precision)
         except AppError as error:
             raise gr.Error(str(error), print_exception=False) from None
-        return str(result.label_png), result.overlay, [list(row) for row in result.classes], _summary([result], precision, mode)
+        return str(result.label_png), str(result.overlay_png), [list(row) for row in result.classes], _summary([result], precision, mode)
 
     def segment_many(paths, mode="whole", precision="fp32"):
         if not paths:
@@ -53,7 +53,7 @@ def build_app(
                 raise gr.Error(str(error), print_exception=False) from None
         table = [[name, ", ".join(f"{label} {share}%" for label, share, _ in result.classes[:5])] for name, result in results]
         label_pngs = [str(result.label_png) for _, result in results]
-        overlays = [(result.overlay, name) for name, result in results]
+        overlays = [(str(result.overlay_png), name) for name, result in results]
         return label_pngs, overlays, table, _summary([result for _, result in results], precision, mode)
 
     precisions = list(service.precisions) or ["fp32"]
@@ -72,7 +72,7 @@ def build_app(
                     if examples:
                         gr.Examples([[str(path)] for path in examples], inputs=[photo], label="Examples")
                 with gr.Column():
-                    picture = gr.Image(label="Overlay", type="pil", elem_id="overlay", interactive=False)
+                    picture = gr.Image(label="Overlay", type="filepath", elem_id="overlay", interactive=False)
                     summary = gr.Markdown(elem_id="summary")
             with gr.Row():
                 label_png = gr.File(label="Label map (PNG of class ids)", elem_id="label-map")
