@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor, segment
 from fpn_seg.image_processing_semantic_fpn import image_to_tensor
 from fpn_seg.inference import prepare_model, slide_windows
+from fpn_seg.optimization import is_batch_norm_folded
 
 
 def decisive_model(num_labels: int = 5) -> SemanticFPNForSemanticSegmentation:
@@ -91,11 +92,11 @@ def test_segment_runs_an_exact_optimised_copy_and_leaves_the_model_alone():
     for a, b in zip(optimised_probabilities, plain_probabilities):
         assert a.is_contiguous()
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)  # float rounding: logits are ~100 here
-    assert not model.is_batch_norm_folded
+    assert not is_batch_norm_folded(model)
     assert {type(module) for module in model.modules() if isinstance(module, torch.nn.Conv2d)} == {torch.nn.Conv2d}
     assert all(torch.equal(tensor, state[name]) for name, tensor in model.state_dict().items())
     folded = prepare_model(model)
-    assert folded.is_batch_norm_folded and prepare_model(folded) is folded  # not optimised twice
+    assert is_batch_norm_folded(folded) and prepare_model(folded) is folded  # not optimised twice
 
 
 def test_segment_restores_training_mode_and_runs_in_bf16():

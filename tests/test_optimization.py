@@ -14,12 +14,14 @@ from transformers import ResNetConfig
 
 from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.modeling_semantic_fpn import SemanticFPNConvBlock
-from fpn_seg.modeling_resnet_v1c import fold_batch_norm_into_conv
 from fpn_seg.optimization import (
     FrozenCompiledModel,
     OneDNNConv2d,
     bf16_autocast,
     compile_for_inference,
+    fold_batch_norm,
+    fold_batch_norm_into_conv,
+    is_batch_norm_folded,
     optimize_for_inference,
     prediction_agreement,
     retain_freed_memory,
@@ -68,10 +70,10 @@ def test_folded_model_matches_eager_model(depth):
     pixel_values = torch.randn(2, 3, 45, 61)
     keys_before = list(model.state_dict())
 
-    folded = model.fold_batch_norm()
+    folded = fold_batch_norm(model)
 
     assert not any(isinstance(module, nn.BatchNorm2d) for module in folded.modules())
-    assert folded.is_batch_norm_folded and not model.is_batch_norm_folded
+    assert is_batch_norm_folded(folded) and not is_batch_norm_folded(model)
     assert list(model.state_dict()) == keys_before  # the original keeps its mmseg-compatible layout
     expected = logits_of(model, pixel_values)
     assert (logits_of(folded, pixel_values) - expected).abs().max() <= EXACT_TOLERANCE
@@ -84,7 +86,7 @@ def test_folding_covers_the_other_resnet_variants(backbone):
     backbone_config = ResNetV1cConfig(**{"depth": 18, "stem_channels": 8, "base_channels": 8, **backbone})
     model = model_with_backbone(backbone_config)
     pixel_values = torch.randn(1, 3, 41, 38)
-    folded = model.fold_batch_norm()
+    folded = fold_batch_norm(model)
     assert not any(isinstance(module, nn.BatchNorm2d) for module in folded.modules())
     assert (logits_of(folded, pixel_values) - logits_of(model, pixel_values)).abs().max() <= EXACT_TOLERANCE
 
@@ -95,7 +97,7 @@ def test_folding_leaves_other_backbones_batch_norms_alone():
         ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], out_features=stages)
     )
     pixel_values = torch.randn(1, 3, 40, 40)
-    folded = model.fold_batch_norm()
+    folded = fold_batch_norm(model)
     head_norms = [block.norm for block in folded.decode_head.modules() if isinstance(block, SemanticFPNConvBlock)]
     assert all(isinstance(norm, nn.Identity) for norm in head_norms)  # the head is folded...
     assert any(isinstance(module, nn.BatchNorm2d) for module in folded.backbone.modules())  # ...the backbone is not
@@ -103,7 +105,7 @@ def test_folding_leaves_other_backbones_batch_norms_alone():
 
 
 def test_folded_model_refuses_training_and_saving(tmp_path):
-    folded = tiny_model().fold_batch_norm()
+    folded = fold_batch_norm(tiny_model())
     with pytest.raises(RuntimeError, match="cannot be trained"):
         folded.train()
     with pytest.raises(RuntimeError, match="save the original"):
@@ -115,7 +117,7 @@ def test_folded_model_refuses_training_and_saving(tmp_path):
     pixel_values, labels = torch.randn(1, 3, 32, 32), torch.randint(0, 4, (1, 32, 32))
     with torch.no_grad():
         expected = model(pixel_values, labels=labels).loss
-        assert torch.allclose(model.fold_batch_norm()(pixel_values, labels=labels).loss, expected, atol=1e-5)
+        assert torch.allclose(fold_batch_norm(model)(pixel_values, labels=labels).loss, expected, atol=1e-5)
 
 
 def test_folding_the_mmseg_reference_model_keeps_its_logits():
@@ -150,7 +152,7 @@ def test_optimized_paths_give_the_baseline_logits(switches):
     assert logits.shape == expected.shape
     assert (logits - expected).abs().max() <= EXACT_TOLERANCE
     assert torch.equal(logits.argmax(1), expected.argmax(1))
-    assert not model.is_batch_norm_folded and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not is_batch_norm_folded(model) and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert all(type(module) is not OneDNNConv2d for module in model.modules())  # the argument is left untouched
 
 

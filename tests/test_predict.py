@@ -16,6 +16,7 @@ from fpn_seg.cli import COMMANDS
 from fpn_seg.cli import main as cli_main
 from fpn_seg.inference import MMSEG_MS_RATIOS, prepare_model, segment
 from fpn_seg.predict import PredictError, check_predicted_labels
+from fpn_seg.optimization import is_batch_norm_folded
 
 NUM_LABELS = 4
 SCALE = (64, 32)  # a tiny test scale: images of a few dozen pixels stay small
@@ -171,7 +172,7 @@ def test_no_optimize_runs_the_plain_model(tmp_path, capsys, model_dir, images, m
     import fpn_seg.inference
 
     model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
-    assert not model.is_batch_norm_folded and prepare_model(model).is_batch_norm_folded
+    assert not is_batch_norm_folded(model) and is_batch_norm_folded(prepare_model(model))
     optimized = []  # the models that `optimize_for_inference` made
     optimize = fpn_seg.inference.optimize_for_inference
 

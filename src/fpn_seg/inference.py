@@ -25,7 +25,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
-from .optimization import optimize_for_inference
+from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
+from .optimization import is_batch_norm_folded, optimize_for_inference
 
 InferenceMode = Literal["whole", "slide"]
 MMSEG_MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -179,7 +180,7 @@ def prepare_model(model: nn.Module, optimize: bool = True) -> nn.Module:
     """The model inference runs: with `optimize`, `optimize_for_inference(model)` (the exact float32 path: a copy with
     BatchNorm folded into the convs, channels_last, oneDNN convs) for models that can fold their BatchNorms and are
     not folded yet; else `model` itself, in eval mode."""
-    if optimize and hasattr(model, "fold_batch_norm") and not getattr(model, "is_batch_norm_folded", False):
+    if optimize and isinstance(model, SemanticFPNForSemanticSegmentation) and not is_batch_norm_folded(model):
         return optimize_for_inference(model)
     return model.eval()
 

@@ -123,50 +123,6 @@ class ResNetV1cBottleneck(ResNetV1cBlock):
         return self.relu(hidden_states + shortcut)
 
 
-def fold_batch_norm_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv (with bias) that computes `norm(conv(x))` for an eval-mode `norm`, as one op.
-
-    `norm(y) = (y - mean) / sqrt(var + eps) * gamma + beta` is per output channel affine, so it folds into the conv's
-    weight `(C_out, C_in, kh, kw)` and bias `(C_out,)`; computed in float64, stored in the conv's dtype.
-    """
-    if norm.running_mean is None or norm.running_var is None:
-        raise ValueError(f"Cannot fold {norm}: it has no running statistics (track_running_stats=False).")
-    if norm.num_features != conv.out_channels:
-        raise ValueError(f"Cannot fold {norm} into {conv}: {norm.num_features} features, {conv.out_channels} outputs.")
-
-    def float64(tensor: torch.Tensor) -> torch.Tensor:  # on the CPU: some devices (MPS) have no float64
-        return tensor.detach().to("cpu", torch.float64)
-
-    weight, dtype = float64(conv.weight), conv.weight.dtype
-    scale = torch.rsqrt(float64(norm.running_var) + norm.eps)  # (C_out,)
-    shift = -float64(norm.running_mean) * scale
-    if norm.weight is not None:
-        scale, shift = scale * float64(norm.weight), shift * float64(norm.weight)
-    if norm.bias is not None:
-        shift = shift + float64(norm.bias)
-    bias = shift if conv.bias is None else float64(conv.bias) * scale + shift
-    folded = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=True,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=dtype,
-    )
-    with torch.no_grad():
-        folded.weight.copy_((weight * scale.view(-1, 1, 1, 1)).to(dtype))  # cast on the CPU, then to the device
-        folded.bias.copy_(bias.to(dtype))
-    # Keep the memory format of the original weight (e.g. channels_last).
-    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
-        folded.weight.data = folded.weight.data.contiguous(memory_format=torch.channels_last)
-    return folded
-
-
 def _make_stage(config: ResNetV1cConfig, stage: int, in_channels: int) -> nn.Sequential:
     block = ResNetV1cBasicBlock if config.block_type == "basic" else ResNetV1cBottleneck
     planes = config.base_channels * 2**stage
@@ -286,7 +242,7 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
 
     def conv_norm_pairs(self) -> list[tuple[nn.Module, str, str]]:
         """`(parent, conv name, norm name)` for every conv whose output goes only into the BatchNorm named next to it
-        (stem, every block, every projection shortcut): the pairs that [`fold_batch_norm_into_conv`] may merge."""
+        (stem, every block, every projection shortcut): the pairs that `fpn_seg.optimization.fold_batch_norm` merges."""
         pairs = []
         if self.config.deep_stem:
             pairs += [(self.stem, str(index), str(index + 1)) for index in (0, 3, 6)]
@@ -334,4 +290,4 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
         return BackboneOutput(feature_maps=feature_maps, hidden_states=hidden, attentions=None)
 
 
-__all__ = ["ResNetV1cBackbone", "ResNetV1cPreTrainedModel", "fold_batch_norm_into_conv"]
+__all__ = ["ResNetV1cBackbone", "ResNetV1cPreTrainedModel"]

@@ -3,7 +3,6 @@
 Hub code: imports only sibling hub files, so a saved folder loads with `trust_remote_code=True` without `fpn_seg`.
 """
 
-import copy
 import math
 import os
 import pickle
@@ -24,7 +23,7 @@ from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 from .atomic import WEIGHT_FILE_NAME, save_folder_atomically, split_push_options
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import SemanticFPNConfig
-from .modeling_resnet_v1c import ResNetV1cBackbone, fold_batch_norm_into_conv, init_batch_norm
+from .modeling_resnet_v1c import ResNetV1cBackbone, init_batch_norm
 
 
 class SemanticFPNNeck(nn.Module):
@@ -347,9 +346,6 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
     """Semantic FPN for semantic segmentation. `logits` come back at the input resolution, as mmseg resizes them at
     test time (bilinear, align_corners=False); the loss is computed at the labels' resolution."""
 
-    # True on the eval-only copies made by `fold_batch_norm()`.
-    is_batch_norm_folded: bool = False
-
     def __init__(self, config: SemanticFPNConfig):
         super().__init__(config)
         self.backbone = build_backbone(config)
@@ -454,50 +450,6 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
                 "ResNetV1c backbone or one whose transformers class supports gradient checkpointing."
             )
         super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
-
-    def fold_batch_norm(self) -> "SemanticFPNForSemanticSegmentation":
-        """An eval-only copy of the model in which every BatchNorm that follows a conv is folded into that conv.
-
-        Each folded conv gets a bias and its BatchNorm becomes `nn.Identity`, saving one pass over each activation at
-        inference; logits equal the eval-mode model's up to float rounding (about 1e-6 relative). BatchNorms of
-        other backbones than ResNetV1c stay as they are. `self` is left untouched.
-
-        The copy refuses `.train()` and `save_pretrained()` (its state dict has no BatchNorm entries, so it would not
-        load into an unfolded model); its parameters do not require grad. A forward pass with `labels` is allowed:
-        the eval loss depends on the logits only.
-        """
-        folded = copy.deepcopy(self).eval()
-        head_blocks = [module for module in folded.decode_head.modules() if isinstance(module, SemanticFPNConvBlock)]
-        pairs = [(block, "conv", "norm") for block in head_blocks]
-        if hasattr(folded.backbone, "conv_norm_pairs"):
-            pairs += folded.backbone.conv_norm_pairs()
-        for parent, conv_name, norm_name in pairs:
-            conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
-            if isinstance(norm, nn.BatchNorm2d):
-                setattr(parent, conv_name, fold_batch_norm_into_conv(conv, norm))
-                setattr(parent, norm_name, nn.Identity())
-        folded.requires_grad_(False)
-        folded.is_batch_norm_folded = True
-        return folded
-
-    def train(self, mode: bool = True):
-        """As `nn.Module.train`; a BatchNorm-folded copy (see `fold_batch_norm`) cannot be put in training mode."""
-        if mode and self.is_batch_norm_folded:
-            raise RuntimeError(
-                "This model is a BatchNorm-folded inference copy (made by fold_batch_norm()) and cannot be trained: "
-                "its BatchNorms are merged into the convs. Train the original, unfolded model instead."
-            )
-        return super().train(mode)
-
-    def save_pretrained(self, *args, **kwargs):
-        """As `PreTrainedModel.save_pretrained`; refused for a BatchNorm-folded copy, whose weights have no
-        BatchNorm entries and would load into an unfolded model as silently wrong BatchNorms."""
-        if self.is_batch_norm_folded:
-            raise RuntimeError(
-                "This model is a BatchNorm-folded inference copy (made by fold_batch_norm()); save the original, "
-                "unfolded model instead and fold it again after loading."
-            )
-        return super().save_pretrained(*args, **kwargs)
 
 
 __all__ = [

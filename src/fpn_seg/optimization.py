@@ -3,8 +3,8 @@
 Exact switches of [`optimize_for_inference`] (float32; the plain eager model's logits up to float rounding: within
 1e-4 on the test models, about 5e-6 of the logits' scale on the full-size ones):
 
-- `fold_batch_norm`: every BatchNorm that follows a conv is merged into that conv (see
-  `SemanticFPNForSemanticSegmentation.fold_batch_norm`), saving one pass over each activation.
+- `fold_batch_norm`: every BatchNorm that follows a conv is merged into that conv (see [`fold_batch_norm`]: an
+  eval-only copy that refuses training and saving), saving one pass over each activation.
 - `channels_last`: weights (and hence activations) in NHWC order, the layout oneDNN's conv kernels use natively; the
   plain NCHW path reorders every conv's input and output.
 - `onednn_convs`: every conv runs through oneDNN (`aten.mkldnn_convolution`). With one thread, torch sends stride-1
@@ -35,7 +35,112 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
+from .modeling_semantic_fpn import SemanticFPNConvBlock, SemanticFPNForSemanticSegmentation
+
+
+# ------------------------------------------------------------------------------------------------ BatchNorm folding
+
+
+def fold_batch_norm_into_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """A conv (with bias) that computes `norm(conv(x))` for an eval-mode `norm`, as one op.
+
+    `norm(y) = (y - mean) / sqrt(var + eps) * gamma + beta` is per output channel affine, so it folds into the conv's
+    weight `(C_out, C_in, kh, kw)` and bias `(C_out,)`; computed in float64, stored in the conv's dtype.
+    """
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError(f"Cannot fold {norm}: it has no running statistics (track_running_stats=False).")
+    if norm.num_features != conv.out_channels:
+        raise ValueError(f"Cannot fold {norm} into {conv}: {norm.num_features} features, {conv.out_channels} outputs.")
+
+    def float64(tensor: torch.Tensor) -> torch.Tensor:  # on the CPU: some devices (MPS) have no float64
+        return tensor.detach().to("cpu", torch.float64)
+
+    weight, dtype = float64(conv.weight), conv.weight.dtype
+    scale = torch.rsqrt(float64(norm.running_var) + norm.eps)  # (C_out,)
+    shift = -float64(norm.running_mean) * scale
+    if norm.weight is not None:
+        scale, shift = scale * float64(norm.weight), shift * float64(norm.weight)
+    if norm.bias is not None:
+        shift = shift + float64(norm.bias)
+    bias = shift if conv.bias is None else float64(conv.bias) * scale + shift
+    folded = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=dtype,
+    )
+    with torch.no_grad():
+        folded.weight.copy_((weight * scale.view(-1, 1, 1, 1)).to(dtype))  # cast on the CPU, then to the device
+        folded.bias.copy_(bias.to(dtype))
+    # Keep the memory format of the original weight (e.g. channels_last).
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        folded.weight.data = folded.weight.data.contiguous(memory_format=torch.channels_last)
+    return folded
+
+
+class BatchNormFoldedSemanticFPN(SemanticFPNForSemanticSegmentation):
+    """An eval-only copy of a Semantic FPN whose BatchNorms are merged into their convs (made by [`fold_batch_norm`]).
+
+    It refuses `.train()` and `save_pretrained()`: its state dict has no BatchNorm entries, so it would load into an
+    unfolded model as silently wrong BatchNorms. A forward pass with `labels` is allowed (the eval loss depends on
+    the logits only).
+    """
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(
+                "This model is a BatchNorm-folded inference copy (made by fold_batch_norm()) and cannot be trained: "
+                "its BatchNorms are merged into the convs. Train the original, unfolded model instead."
+            )
+        return super().train(False)
+
+    def save_pretrained(self, *args, **kwargs):
+        raise RuntimeError(
+            "This model is a BatchNorm-folded inference copy (made by fold_batch_norm()); save the original, unfolded "
+            "model instead and fold it again after loading."
+        )
+
+
+def is_batch_norm_folded(model: nn.Module) -> bool:
+    """Whether `model` is a BatchNorm-folded copy made by [`fold_batch_norm`]."""
+    return isinstance(model, BatchNormFoldedSemanticFPN)
+
+
+def fold_batch_norm(model: SemanticFPNForSemanticSegmentation) -> BatchNormFoldedSemanticFPN:
+    """An eval-only copy of `model` in which every BatchNorm that follows a conv is folded into that conv.
+
+    Each folded conv gets a bias and its BatchNorm becomes `nn.Identity`, saving one pass over each activation at
+    inference; logits equal the eval-mode model's up to float rounding (about 1e-6 relative). The pairs are the
+    head's conv blocks and those the backbone names (`conv_norm_pairs()`, ResNetV1c's); BatchNorms of other backbones
+    stay as they are. `model` is left untouched; the copy's parameters do not require grad.
+    """
+    if not isinstance(model, SemanticFPNForSemanticSegmentation):
+        raise TypeError(f"fold_batch_norm takes a SemanticFPNForSemanticSegmentation; got a {type(model).__name__}.")
+    folded = copy.deepcopy(model).eval()
+    pairs = [(block, "conv", "norm") for block in folded.decode_head.modules() if isinstance(block, SemanticFPNConvBlock)]
+    if hasattr(folded.backbone, "conv_norm_pairs"):
+        pairs += folded.backbone.conv_norm_pairs()
+    for parent, conv_name, norm_name in pairs:
+        conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
+        if isinstance(norm, nn.BatchNorm2d):
+            setattr(parent, conv_name, fold_batch_norm_into_conv(conv, norm))
+            setattr(parent, norm_name, nn.Identity())
+    folded.requires_grad_(False)
+    folded.__class__ = BatchNormFoldedSemanticFPN
+    return folded
+
+
+_fold_batch_norm = fold_batch_norm  # for `optimize_for_inference`, whose flag has the same name
+
+
+# ------------------------------------------------------------------------------------------------ oneDNN, compile
 
 
 class OneDNNConv2d(nn.Conv2d):
@@ -124,11 +229,12 @@ def optimize_for_inference(
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize_for_inference: model must be an nn.Module, got {type(model).__name__}.")
     if fold_batch_norm:
-        if not hasattr(model, "fold_batch_norm"):
+        if not isinstance(model, SemanticFPNForSemanticSegmentation):
             raise TypeError(
-                f"optimize_for_inference: {type(model).__name__} has no fold_batch_norm(); pass fold_batch_norm=False."
+                f"optimize_for_inference: {type(model).__name__} is not a Semantic FPN, whose BatchNorms it knows how to "
+                "fold (no fold_batch_norm for it); pass fold_batch_norm=False."
             )
-        optimized = model.fold_batch_norm()
+        optimized = _fold_batch_norm(model)
     else:
         optimized = copy.deepcopy(model).eval()
         optimized.requires_grad_(False)
@@ -206,11 +312,15 @@ def prediction_agreement(logits: torch.Tensor, reference_logits: torch.Tensor) -
 
 
 __all__ = [
+    "BatchNormFoldedSemanticFPN",
     "FrozenCompiledModel",
     "OneDNNConv2d",
     "bf16_autocast",
     "bf16_is_fast",
     "compile_for_inference",
+    "fold_batch_norm",
+    "fold_batch_norm_into_conv",
+    "is_batch_norm_folded",
     "optimize_for_inference",
     "prediction_agreement",
     "retain_freed_memory",

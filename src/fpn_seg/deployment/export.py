@@ -35,6 +35,7 @@ from ..image_files import ImageInputError, ImageReadError, collect_image_inputs,
 from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
 from ..model_folders import PROCESSOR_FILE, ModelFolderError, load_model
 from ..modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
+from ..optimization import fold_batch_norm, is_batch_norm_folded
 from .dependencies import require
 from .quantization import CalibrationMethod, QuantizationReport, quantize_onnx
 from .runtime import ONNX_FILE_NAME, QUANTIZED_FILE_NAME, ORTModelForSemanticSegmentation
@@ -115,7 +116,7 @@ def _exportable_model(model: Any, argument: str) -> SemanticFPNForSemanticSegmen
             f"{argument}: a {type(model).__name__} is not a Semantic FPN model; fpn-seg export takes a "
             "SemanticFPNForSemanticSegmentation (a folder saved by save_pretrained or fpn-seg convert / train)."
         )
-    if model.is_batch_norm_folded:
+    if is_batch_norm_folded(model):
         raise ExportError(
             f"{argument}: this is a BatchNorm-folded inference copy (made by fold_batch_norm()); pass the original "
             "model: the export folds the BatchNorms itself."
@@ -128,7 +129,7 @@ def export_model_to_onnx(model: SemanticFPNForSemanticSegmentation, path: Path, 
     height and width."""
     (onnx,) = require("onnx")
     require("onnxscript", purpose="torch.onnx.export (the dynamo exporter)")
-    graph = _LogitsOnly(model.fold_batch_norm()).eval()
+    graph = _LogitsOnly(fold_batch_norm(model)).eval()
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     example = torch.randn(1, 3, 64, 64)
     with _quiet_exporter(), torch.no_grad():
