@@ -1,1 +1,1 @@
-"""Conversion scripts; the logic lives in `fpn_seg.convert`."""
+"""Conversion scripts; the logic lives in `fpn_seg.conversion`."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
-from fpn_seg.mmseg_state_dict import convert_mmseg_state_dict
+from fpn_seg.conversion import convert_mmseg_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

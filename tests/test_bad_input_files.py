@@ -151,7 +151,7 @@ def test_the_package_never_unpickles(tmp_path):
             if name.endswith(("np.load", "numpy.load")) and keywords.get("allow_pickle", "False") != "False":
                 problems.append(where)
     assert not problems, "\n".join(problems)
-    assert "torch.load(path, map_location=\"cpu\", weights_only=True)" in (PACKAGE / "convert.py").read_text()
+    assert "torch.load(path, map_location=\"cpu\", weights_only=True)" in (PACKAGE / "conversion" / "checkpoints.py").read_text()
 
 
 def test_label_pngs_and_parquet_are_data_only(tmp_path):

@@ -1,4 +1,4 @@
-"""Checkpoint conversion (`fpn_seg.convert`, `conversion/convert_mmseg_checkpoint.py`): mmseg parity through the written
+"""Checkpoint conversion (`fpn_seg.conversion`, `conversion/convert_mmseg_checkpoint.py`): mmseg parity through the written
 folders, the official key layout for the four seed models, ImageNet backbone mode, and every refusal.
 
 No network: every checkpoint is a local file (the reference fixtures or one built here).
@@ -20,7 +20,7 @@ from safetensors import safe_open
 from transformers import AutoBackbone, AutoConfig
 
 from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig, SemanticFPNForSemanticSegmentation
-from fpn_seg.convert import (
+from fpn_seg.conversion import (
     OFFICIAL_CHECKPOINTS,
     ChecksumError,
     ConversionError,
@@ -30,13 +30,12 @@ from fpn_seg.convert import (
     file_sha256,
     get_imagenet_backbone,
     get_official_checkpoint,
-    load_pretrained_backbone,
     main,
-    semantic_fpn_from_pretrained_backbone,
     sha256_prefix_in_name,
 )
+from fpn_seg.backbone_weights import load_pretrained_backbone, semantic_fpn_from_pretrained_backbone
 from fpn_seg.label_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES
-from fpn_seg.mmseg_state_dict import CheckpointMismatchError
+from fpn_seg.conversion import CheckpointMismatchError
 from fpn_seg.presets import preset_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from torch.nn import functional as F
 from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
-from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
+from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
 from fpn_seg.image_processing_semantic_fpn import encode_labels, image_to_tensor, label_to_tensor
-from fpn_seg.mmseg_state_dict import convert_mmseg_state_dict
+from fpn_seg.conversion import convert_mmseg_state_dict
 from fpn_seg.presets import preset_config, preset_processor
 
 

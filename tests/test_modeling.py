@@ -24,7 +24,7 @@ from fpn_seg import (
     SemanticFPNForSemanticSegmentation,
     SemanticFPNImageProcessor,
 )
-from fpn_seg.mmseg_state_dict import CheckpointMismatchError, convert_mmseg_state_dict
+from fpn_seg.conversion import CheckpointMismatchError, convert_mmseg_state_dict
 from fpn_seg.presets import preset_config
 
 

@@ -5,7 +5,6 @@ Speed is measured in benchmarks/bench_model.py, never here.
 
 import platform
 
-import numpy as np
 import pytest
 import torch
 from conftest import randomise_batch_norms, reference_model, tiny_config

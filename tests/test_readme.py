@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
+from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
 from fpn_seg.data import generate_street_scenes
 from fpn_seg.presets import preset_config
 

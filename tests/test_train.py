@@ -26,7 +26,7 @@ from transformers import TrainingArguments
 
 from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig
 from fpn_seg.presets import PRESETS, preset_config
-from fpn_seg.convert import convert_imagenet_backbone
+from fpn_seg.conversion import convert_imagenet_backbone
 from fpn_seg.data import TrainTransform, collate_same_size, generate_street_scenes, load_cityscapes
 from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
 from fpn_seg.metrics import mean_iou
@@ -475,7 +475,7 @@ def test_sgd_decays_every_parameter_as_mmseg(tmp_path):
 def test_a_saved_model_keeps_its_processor_and_takes_checked_overrides(tmp_path):
     """`--model_name_or_path`: the saved processor's test scale (not the default), the config's label policy, and
     `--config_overrides` validated like any config (ids as ints, label2id rebuilt, bad values refused)."""
-    from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+    from fpn_seg import SemanticFPNForSemanticSegmentation
 
     config = tiny_config(num_labels=5)
     config.reduce_labels = True

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fpn_seg.train", "fine-tune Semantic FPN with the transformers Trainer (mmseg recipes)"),
     "prepare": ("fpn_seg.data.prepare", "check official Cityscapes / ADE20K folders or zips, write Parquet"),
     "synthetic": ("fpn_seg.data.synthetic", "write a synthetic street-scene dataset in the Cityscapes layout"),
-    "convert": ("fpn_seg.convert", "convert mmseg sem_fpn checkpoints into verified model folders"),
+    "convert": ("fpn_seg.conversion.convert", "convert mmseg sem_fpn checkpoints into verified model folders"),
     "export": ("fpn_seg.deployment.export", "export a model folder to ONNX (float32, and static int8 with --int8)"),
     "app": ("fpn_seg.app.command", "serve a model folder as a web page (Gradio), or write it as a Hugging Face Space"),
 }

@@ -55,7 +55,7 @@ from transformers.utils import logging
 
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import SemanticFPNConfig
-from .convert import semantic_fpn_from_pretrained_backbone
+from .backbone_weights import semantic_fpn_from_pretrained_backbone
 from .data import (
     EvalTransform,
     TrainTransform,

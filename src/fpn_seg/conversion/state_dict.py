@@ -16,27 +16,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..backbone_weights import CheckpointMismatchError, check_state_dict_fits
+
 _RULES = (
     (re.compile(r"^backbone\.(.+)$"), r"backbone.\1"),
     (re.compile(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)$"), r"neck.\1.\2.\3"),
     (re.compile(r"^decode_head\.conv_seg\.(weight|bias)$"), r"decode_head.classifier.\1"),
 )
 _SCALE_HEAD = re.compile(r"^decode_head\.scale_heads\.(\d+)\.(\d+)\.(conv|bn)\.(\w+)$")
-
-
-class CheckpointMismatchError(ValueError):
-    """A state dict does not fit the target model: lists the missing, unexpected and wrongly shaped keys."""
-
-    def __init__(self, missing=(), unexpected=(), wrong_shapes=(), source="checkpoint"):
-        self.missing, self.unexpected, self.wrong_shapes = list(missing), list(unexpected), list(wrong_shapes)
-        lines = [f"The {source} does not match the model:"]
-        if self.missing:
-            lines.append(f"  missing keys ({len(self.missing)}): {', '.join(self.missing[:20])}")
-        if self.unexpected:
-            lines.append(f"  unexpected keys ({len(self.unexpected)}): {', '.join(self.unexpected[:20])}")
-        for key, got, expected in self.wrong_shapes[:20]:
-            lines.append(f"  wrong shape for {key}: checkpoint {tuple(got)}, model {tuple(expected)}")
-        super().__init__("\n".join(lines))
 
 
 def strip_module_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -65,18 +52,6 @@ def map_mmseg_key(key: str) -> str | None:
     return None
 
 
-def _check_against(mapped, target: Mapping[str, torch.Tensor], unmapped, source) -> None:
-    missing = sorted(set(target) - set(mapped))
-    unexpected = sorted(set(unmapped) | (set(mapped) - set(target)))
-    wrong_shapes = [
-        (key, value.shape, target[key].shape)
-        for key, value in mapped.items()
-        if key in target and tuple(value.shape) != tuple(target[key].shape)
-    ]
-    if missing or unexpected or wrong_shapes:
-        raise CheckpointMismatchError(missing, unexpected, wrong_shapes, source)
-
-
 def convert_mmseg_state_dict(
     state_dict: Mapping[str, torch.Tensor], model: nn.Module, source: str = "mmseg checkpoint"
 ) -> dict[str, torch.Tensor]:
@@ -92,7 +67,7 @@ def convert_mmseg_state_dict(
             unmapped.append(key)
         else:
             mapped[new_key] = value
-    _check_against(mapped, model.state_dict(), unmapped, source)
+    check_state_dict_fits(mapped, model.state_dict(), unmapped, source)
     return mapped
 
 
@@ -110,7 +85,7 @@ def convert_mmseg_backbone_state_dict(
             unmapped.append(key)
         else:
             mapped[key] = value
-    _check_against(mapped, backbone.state_dict(), unmapped, source)
+    check_state_dict_fits(mapped, backbone.state_dict(), unmapped, source)
     return mapped
 
 
