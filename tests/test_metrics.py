@@ -373,15 +373,17 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
     assert os.path.isfile(os.path.join(EVALUATE_MODULE_PATH, "mean_iou_metric.py"))
 
 
-# Each worker loads only the metric's source file (it needs torch and NumPy), not the transformers-heavy package,
-# so that the two processes start in a couple of seconds.
+# Each worker loads only the metric's source files (they need torch and NumPy) as a bare package, not the
+# transformers-heavy fpn_seg, so that the two processes start in a couple of seconds.
 _ALL_REDUCE_WORKER = """
-import importlib.util, os, sys, types
+import importlib, os, sys, types
 import numpy as np, torch.distributed as dist
-rank, world_size, init_file, module_file, output_dir = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
-spec = importlib.util.spec_from_file_location("mean_iou_under_test", module_file)
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+rank, world_size, init_file, metrics_folder, output_dir = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
+package = types.ModuleType("metrics_under_test")
+package.__path__ = [metrics_folder]
+sys.modules["metrics_under_test"] = package
+module = types.SimpleNamespace(MeanIoU=importlib.import_module("metrics_under_test.mean_iou").MeanIoU,
+                               MeanIoUComputeMetrics=importlib.import_module("metrics_under_test.trainer").MeanIoUComputeMetrics)
 dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
 rng = np.random.default_rng(rank)
 metric = module.MeanIoU(num_labels=4)
@@ -400,10 +402,10 @@ dist.destroy_process_group()
 
 
 def test_all_reduce_sums_across_two_gloo_processes(tmp_path):
-    module_file = sys.modules[MeanIoU.__module__].__file__
+    metrics_folder = os.path.dirname(sys.modules[MeanIoU.__module__].__file__)
     workers = [
         subprocess.Popen([sys.executable, "-c", _ALL_REDUCE_WORKER, str(rank), "2", str(tmp_path / "rendezvous"),
-                          module_file, str(tmp_path)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+                          metrics_folder, str(tmp_path)], stderr=subprocess.PIPE, text=True)  # fmt: skip
         for rank in range(2)
     ]
     errors = [worker.communicate(timeout=120)[1] for worker in workers]

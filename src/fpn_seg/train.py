@@ -38,19 +38,17 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
-import torch.distributed as dist
 import yaml
 from huggingface_hub.errors import StrictDataclassError
 from datasets import Dataset, DatasetDict, Image
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import logging
 
 from .configuration_resnet_v1c import ResNetV1cConfig
@@ -65,14 +63,13 @@ from .data import (
     load_cityscapes,
     load_image_label_dataset,
 )
-from .data.transforms import single_threaded
 from .image_processing_semantic_fpn import (
     SemanticFPNImageProcessor,
-    image_to_tensor,
     label_policy_options,
     label_to_tensor,
 )
-from .metrics import format_iou_table, make_compute_metrics
+from .metrics import make_compute_metrics, save_evaluation_report
+from .trainer import AugmentedTrainDataset, EpochShuffleSampler, SemanticFPNTrainer
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
 from .presets import PRESETS, get_preset, preset_config
 from .visualize import plot_training_curves
@@ -84,8 +81,6 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 RESUME_FROM_LATEST = ("last", "latest", "true")
 # The file a Trainer checkpoint gets last: a checkpoint folder without it was interrupted while being written.
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
-# The Trainer's padding value for labels gathered across processes; `compute_metrics` ignores it.
-LABEL_PADDING_INDEX = -100
 
 
 @dataclass
@@ -415,130 +410,6 @@ def check_eval_batch_size(dataset: Dataset, batch_size: int, where: str) -> None
         )
 
 
-# ------------------------------------------------------------------------------------------------ training data
-
-
-def example_seed(*values: int) -> int:
-    """A 63-bit seed from integers, e.g. (data seed, epoch, example index), the same in every process and run."""
-    entropy = [int(value) & 0xFFFF_FFFF_FFFF_FFFF for value in values]  # SeedSequence takes non-negative ints
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler):
-    """A permutation of `range(num_examples)` per epoch, seeded by `(seed, epoch)`, yielding `(epoch, index)` keys for
-    [`AugmentedTrainDataset`]. The Trainer (through accelerate) calls `set_epoch` before each epoch, the resumed one
-    included, and shards the batches across processes."""
-
-    def __init__(self, num_examples: int, seed: int):
-        self.num_examples, self.seed, self.epoch = num_examples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_examples
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch))
-        for index in torch.randperm(self.num_examples, generator=generator).tolist():
-            yield self.epoch, index
-
-
-class AugmentedTrainDataset(torch.utils.data.Dataset):
-    """The training split through mmseg's augmentation ([`TrainTransform`]), keyed by `(epoch, index)`.
-
-    Each example's random draws come from a generator seeded by `(seed, epoch, index)`, not from a global RNG, so
-    they do not depend on what was fetched before: a run resumed from a checkpoint sees exactly the crops of the
-    uninterrupted run (the DataLoader fetches ahead of the step being trained, and the Trainer restores its RNG
-    states only after the first batch of the resumed epoch), whatever the number of workers or processes.
-    """
-
-    def __init__(self, dataset: Dataset, transform: TrainTransform, seed: int):
-        self.dataset, self.transform, self.seed = dataset, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, index = key
-        example = self.dataset[int(index)]
-        image, label = example[self.transform.image_column], example[self.transform.label_column]
-        check_label_policy(label, self.transform.processor)
-        generator = torch.Generator().manual_seed(example_seed(self.seed, epoch, index))
-        with single_threaded():  # per-example tensors are small: one thread is faster
-            pixel_values, labels = self.transform.transform_example(
-                image_to_tensor(image), label_to_tensor(label), generator
-            )  # (3, crop_h, crop_w) float32, (crop_h, crop_w) int64
-        return {"pixel_values": pixel_values, "labels": labels}
-
-
-# ------------------------------------------------------------------------------------------------ trainer
-
-
-class SemanticFPNTrainer(Trainer):
-    """`Trainer` with mmseg's optimiser and an evaluation that is exact on any number of processes.
-
-    - Optimiser: SGD with momentum and weight decay on every parameter (the default `Trainer` exempts biases and
-      norm weights from weight decay; mmseg's sem_fpn recipe does not).
-    - Training order: an [`AugmentedTrainDataset`] is shuffled by an [`EpochShuffleSampler`] (exact resumes).
-    - Evaluation: `prediction_step` returns class ids at the labels' original resolution (made by
-      `compute_metrics.preprocess_logits_for_metrics`, before any gather), padded with the labels (with -100) to the
-      largest height and width among processes, so that the Trainer's gather accepts images of different sizes.
-    - Before evaluating, every process takes the main process's BatchNorm statistics (see the module docstring).
-    """
-
-    def __init__(self, model=None, args: TrainingArguments | None = None, *more, momentum: float = 0.9, **kwargs):
-        own_preprocessing = getattr(kwargs.get("compute_metrics"), "preprocess_logits_for_metrics", None)
-        if own_preprocessing is not None and kwargs.get("preprocess_logits_for_metrics") == own_preprocessing:
-            kwargs["preprocess_logits_for_metrics"] = None  # `prediction_step` applies it, before the padding
-        super().__init__(model, args, *more, **kwargs)
-        if self.optimizer_cls_and_kwargs is None:  # `self.args` exists now, also when `Trainer` made the defaults
-            sgd = {"lr": self.args.learning_rate, "momentum": momentum, "weight_decay": self.args.weight_decay}
-            self.optimizer_cls_and_kwargs = (torch.optim.SGD, sgd)
-
-    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
-        """Every parameter, biases and norms included: mmseg's sem_fpn recipe decays them all (no `paramwise_cfg`)."""
-        return [name for name, _ in model.named_parameters()]
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """As `Trainer._save`, but the training arguments are kept as `training_args.json`, not as a pickle."""
-        super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            folder = Path(output_dir or self.args.output_dir)
-            (folder / "training_args.bin").unlink(missing_ok=True)
-            (folder / "training_args.json").write_text(self.args.to_json_string())
-
-    def _get_train_sampler(self, train_dataset=None):
-        train_dataset = self.train_dataset if train_dataset is None else train_dataset
-        if isinstance(train_dataset, AugmentedTrainDataset):
-            return EpochShuffleSampler(len(train_dataset), train_dataset.seed)
-        return super()._get_train_sampler(train_dataset)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-        to_class_ids = getattr(self.compute_metrics, "preprocess_logits_for_metrics", None)
-        if logits is None or labels is None or to_class_ids is None or self.preprocess_logits_for_metrics is not None:
-            return loss, logits, labels
-        predictions = to_class_ids(logits, labels)  # (B, H, W) class ids at the labels' size
-        for dim in (1, 2):  # same (H, W) on every process; padded pixels are ignored through the labels
-            predictions = self.accelerator.pad_across_processes(predictions, dim=dim, pad_index=0)
-            labels = self.accelerator.pad_across_processes(labels, dim=dim, pad_index=LABEL_PADDING_INDEX)
-        return loss, predictions, labels
-
-    def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        self._use_main_process_buffers()
-        return super().evaluate(*args, **kwargs)
-
-    def _use_main_process_buffers(self) -> None:
-        """Copy the main process's buffers (BatchNorm running statistics) to every process (DDP only)."""
-        if self.args.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-            return
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return
-        for buffer in self.model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -578,27 +449,6 @@ def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> str 
     return str(path)
 
 
-# ------------------------------------------------------------------------------------------------ reports
-
-
-def save_evaluation_report(output_dir: str | os.PathLike, compute_metrics: Any, config: SemanticFPNConfig) -> str:
-    """Write `eval_iou_table.txt` and `eval_confusion_matrix.json` from the last evaluation; returns the table."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    table = format_iou_table(compute_metrics.last_results, config.id2label)
-    (output_dir / "eval_iou_table.txt").write_text(table + "\n", encoding="utf-8")
-    num_labels = config.num_labels
-    matrix = compute_metrics.last_confusion_matrix  # (C + 1, C + 1): last row / column count out-of-range values
-    report = {
-        "class_names": [config.id2label[index] for index in range(num_labels)],
-        "rows": "reference class id",
-        "columns": "predicted class id",
-        "confusion_matrix": matrix[:num_labels, :num_labels].tolist(),
-        "out_of_range_references": int(matrix[num_labels].sum()),
-        "out_of_range_predictions": int(matrix[:, num_labels].sum()),
-    }
-    (output_dir / "eval_confusion_matrix.json").write_text(json.dumps(report) + "\n", encoding="utf-8")
-    return table
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -712,13 +562,11 @@ __all__ = [
     "check_first_batch_labels",
     "command_line",
     "convert_to_sync_batch_norm",
-    "example_seed",
     "load_training_data",
     "main",
     "parse_arguments",
     "read_recipe",
     "resolve_checkpoint",
-    "save_evaluation_report",
 ]
 
 if __name__ == "__main__":

@@ -39,12 +39,11 @@ evaluate with batch size 1, or collate with [`collate_same_size`] (which stacks 
 otherwise).
 """
 
-import hashlib
-import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -75,10 +74,11 @@ def single_threaded() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _mix_seed(*values: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python runs)."""
-    digest = hashlib.blake2b(struct.pack(f"<{len(values)}q", *values), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers, e.g. (data seed, epoch, example index): the same in every process and run (the
+    one seed-mixing scheme of the package: augmentation draws and the training order)."""
+    entropy = [int(value) & 0xFFFF_FFFF_FFFF_FFFF for value in values]  # SeedSequence takes non-negative ints
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -280,7 +280,7 @@ class TrainTransform:
             return int(torch.randint(0, 2**62, ()).item())
         worker = torch.utils.data.get_worker_info()
         self._calls += 1
-        return _mix_seed(self.seed, 0 if worker is None else worker.seed % 2**62, self._calls)
+        return mix_seed(self.seed, 0 if worker is None else worker.seed % 2**62, self._calls)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[torch.Tensor]]:
         images, labels = _columns(batch, self.image_column, self.label_column, type(self).__name__)
@@ -289,7 +289,7 @@ class TrainTransform:
         with single_threaded():
             for position, (image, label) in enumerate(zip(images, labels)):
                 check_label_policy(label, self.processor)
-                generator = torch.Generator().manual_seed(_mix_seed(call_seed, position))
+                generator = torch.Generator().manual_seed(mix_seed(call_seed, position))
                 image, raw_labels = image_to_tensor(image), label_to_tensor(label)
                 pixel_values, label_ids = self.transform_example(image, raw_labels, generator)
                 output["pixel_values"].append(pixel_values)

@@ -1,22 +1,14 @@
-"""Mean IoU for semantic segmentation with evaluate's `mean_iou` semantics: a streaming confusion matrix
-([`MeanIoU`]), the plain function [`mean_iou`], a `compute_metrics` for `Trainer(batch_eval_metrics=True)`
-([`make_compute_metrics`]), a text table ([`format_iou_table`]), and an offline `evaluate` module:
-`evaluate.load(EVALUATE_MODULE_PATH)`.
+"""Mean IoU for semantic segmentation with evaluate's `mean_iou` semantics: the streaming confusion matrix
+[`MeanIoU`] and the plain function [`mean_iou`] (`mean_iou.py`), a `compute_metrics` for
+`Trainer(batch_eval_metrics=True)` (`trainer.py`: [`make_compute_metrics`]), reports (`reports.py`: the table
+[`format_iou_table`], the files of a run), and an offline `evaluate` module: `evaluate.load(EVALUATE_MODULE_PATH)`.
 """
 
 from pathlib import Path
 
-from .mean_iou import (
-    MeanIoU,
-    MeanIoUComputeMetrics,
-    apply_label_map,
-    flatten_results,
-    format_iou_table,
-    iou_metric_keys,
-    make_compute_metrics,
-    mean_iou,
-    reduce_reference_labels,
-)
+from .mean_iou import MeanIoU, apply_label_map, mean_iou, reduce_reference_labels
+from .reports import format_iou_table, save_evaluation_report
+from .trainer import MeanIoUComputeMetrics, flatten_results, iou_metric_keys, make_compute_metrics
 
 # Folder of the `evaluate` module shipped with the package (the script inside has the folder's name).
 EVALUATE_MODULE_PATH = str(Path(__file__).parent / "mean_iou_metric")
@@ -32,4 +24,5 @@ __all__ = [
     "make_compute_metrics",
     "mean_iou",
     "reduce_reference_labels",
+    "save_evaluation_report",
 ]

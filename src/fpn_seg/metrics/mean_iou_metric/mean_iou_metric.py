@@ -45,7 +45,7 @@ _CITATION = """
 """
 
 
-class MeanIoU(evaluate.Metric):
+class EvaluateMeanIoU(evaluate.Metric):
     """evaluate's `mean_iou`, with `fpn_seg.metrics.mean_iou` doing the counting (one map at a time)."""
 
     def _info(self) -> evaluate.MetricInfo:
