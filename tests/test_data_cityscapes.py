@@ -9,7 +9,7 @@ import pytest
 
 from fpn_seg.data import load_cityscapes
 from fpn_seg.data.cityscapes import CITYSCAPES_LABELS, CITYSCAPES_TRAIN_ID_POLICY, cityscapes_label_map
-from fpn_seg.data.folders import label_policy_of
+from fpn_seg.data.label_marks import label_policy_of
 from fpn_seg.label_sets import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
 # The 19 evaluated label ids, in train-id order (from the Cityscapes benchmark definition).

@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset, Features, Image
 
 from fpn_seg.data import CITYSCAPES_TRAIN_ID_POLICY, EvalTransform, TrainTransform, collate_same_size
-from fpn_seg.data.folders import encode_label_png
+from fpn_seg.data.label_marks import encode_label_png
 from fpn_seg.data.transforms import hsv_to_rgb_uint8, photometric_distortion, rgb_to_hsv_uint8
 from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
 

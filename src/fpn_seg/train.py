@@ -309,7 +309,7 @@ def build_processor(
     return SemanticFPNImageProcessor.from_model_config(config, **scale)
 
 
-def check_output_dir(output_dir: Path, checkpoint: str | None, overwrite: bool) -> None:
+def check_training_output_dir(output_dir: Path, checkpoint: str | None, overwrite: bool) -> None:
     """Refuse to train into a folder that already holds a model, unless resuming or told to overwrite it
     (transformers 5 dropped `overwrite_output_dir`, and `save_model` would silently replace that model)."""
     if checkpoint is None and not overwrite and (output_dir / "config.json").is_file():
@@ -461,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     checkpoint = None
     if not recipe_args.eval_only:
         checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-        check_output_dir(Path(training_args.output_dir), checkpoint, recipe_args.overwrite_output_dir)
+        check_training_output_dir(Path(training_args.output_dir), checkpoint, recipe_args.overwrite_output_dir)
     model = build_model(model_args, recipe_args.ignore_mismatched_sizes)
     config = model.config
     preset = get_preset(model_args.preset) if model_args.preset else None
@@ -558,7 +558,7 @@ __all__ = [
     "build_model",
     "build_processor",
     "check_eval_batch_size",
-    "check_output_dir",
+    "check_training_output_dir",
     "check_first_batch_labels",
     "command_line",
     "convert_to_sync_batch_norm",

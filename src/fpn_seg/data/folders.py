@@ -1,27 +1,17 @@
-"""Reading image/label pairs from folders or zip archives, the label-policy mark, and generic datasets.
-
-The dataset-specific loaders (`cityscapes.py`, `ade20k.py`) and the `prepare` command share this machinery:
+"""Reading image/label pairs from folders or zip archives, shared by the dataset-specific loaders (`cityscapes.py`,
+`ade20k.py`) and the `prepare` command:
 
 - [`DataSource`]: the files of a dataset, in folders and/or zip archives, addressed by `/`-separated relative paths.
 - [`ImageLabelPair`] + [`pair_files`]: image and label files matched by key; unmatched files are a clear error.
 - [`LabelConversion`] + [`read_pair`]: reads one pair, checks it (readable, same size, label values) and returns the
-  `datasets.Image` storage of both files, the label converted (e.g. Cityscapes label ids -> train ids) and **marked**.
-- [`LabelPolicy`]: the mark. Every label PNG written by the loaders carries a PNG text chunk
-  (`fpn_seg.label_policy`) saying which label policy turns its values into training ids (e.g. raw ADE20K annotations
-  need `reduce_labels=True`; Cityscapes train ids need nothing). The mark travels with the PNG bytes (through
-  `save_to_disk`, Parquet, `select`, `map`...), and the training/evaluation transforms compare it with the
-  processor's policy ([`check_label_policy`]): a policy applied twice, or not at all, is an error instead of silently
-  wrong labels. Adding the mark does not re-encode pixels (the chunk is spliced in after the PNG header).
-- [`load_image_label_dataset`]: any `datasets` dataset (object or local path) with configurable column names.
+  `datasets.Image` storage of both files, the label converted (e.g. Cityscapes label ids -> train ids) and marked
+  with its label policy (`label_marks`).
 """
 
 import io
-import json
 import os
 import re
-import struct
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,137 +19,14 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-from datasets import Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
+from datasets import Dataset, Features, Image
 from tqdm.auto import tqdm
 
-LABEL_POLICY_KEY = "fpn_seg.label_policy"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+from .label_marks import PNG_SIGNATURE, LabelPolicy, encode_label_png, mark_label_png
+
 LABEL_FEATURES = Features({"image": Image(), "label": Image()})
 _MAX_LISTED_FILES = 5
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Label policy mark
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelPolicy:
-    """The label policy that turns stored label values into training ids (what the processor must apply).
-
-    Fields mirror `SemanticFPNConfig` / `SemanticFPNImageProcessor`: `reduce_labels` (0 -> ignore, `v` -> `v - 1`),
-    `label_map` (raw value -> training id) and `ignore_index`. `description` is for humans (error messages).
-    """
-
-    description: str
-    reduce_labels: bool = False
-    label_map: dict[int, int] | None = None
-    ignore_index: int = 255
-
-    def to_json(self) -> str:
-        label_map = None if not self.label_map else {str(k): int(v) for k, v in sorted(self.label_map.items())}
-        fields = {
-            "description": self.description,
-            "reduce_labels": self.reduce_labels,
-            "label_map": label_map,
-            "ignore_index": self.ignore_index,
-        }
-        return json.dumps(fields, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LabelPolicy":
-        fields = json.loads(text)
-        label_map = fields.get("label_map")
-        return cls(
-            description=str(fields.get("description", "")),
-            reduce_labels=bool(fields.get("reduce_labels", False)),
-            label_map={int(k): int(v) for k, v in label_map.items()} if label_map else None,
-            ignore_index=int(fields.get("ignore_index", 255)),
-        )
-
-    def mismatches(self, holder: Any) -> list[str]:
-        """Differences between this policy and a processor's (`do_reduce_labels`) or a config's (`reduce_labels`)."""
-        reduce_labels = getattr(holder, "do_reduce_labels", getattr(holder, "reduce_labels", False))
-        label_map = getattr(holder, "label_map", None) or None
-        if label_map is not None:
-            label_map = {int(k): int(v) for k, v in label_map.items()}
-        ignore_index = getattr(holder, "ignore_index", 255)
-        problems = []
-        if bool(reduce_labels) != self.reduce_labels:
-            problems.append(
-                f"reduce_labels: the labels need {self.reduce_labels}, the {_kind(holder)} has {reduce_labels}"
-            )
-        if label_map != (self.label_map or None):
-            problems.append(
-                f"label_map: the labels need {_short_map(self.label_map)}, "
-                f"the {_kind(holder)} has {_short_map(label_map)}"
-            )
-        if ignore_index != self.ignore_index:
-            problems.append(
-                f"ignore_index: the labels use {self.ignore_index}, the {_kind(holder)} has {ignore_index}"
-            )
-        return problems
-
-
-def _kind(holder: Any) -> str:
-    return "processor" if hasattr(holder, "do_reduce_labels") else type(holder).__name__
-
-
-def _short_map(label_map: dict[int, int] | None) -> str:
-    if not label_map:
-        return "no label_map"
-    items = sorted(label_map.items())
-    text = ", ".join(f"{k}->{v}" for k, v in items[:6])
-    return f"a label_map {{{text}{', ...' if len(items) > 6 else ''}}}"
-
-
-def _png_text_chunk(key: str, value: str) -> bytes:
-    payload = key.encode("latin-1") + b"\0" + value.encode("latin-1")
-    crc = zlib.crc32(b"tEXt" + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + b"tEXt" + payload + struct.pack(">I", crc)
-
-
-def mark_label_png(data: bytes, policy: LabelPolicy) -> bytes:
-    """PNG bytes with the label-policy text chunk inserted after the header (pixels untouched)."""
-    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or struct.unpack(">I", data[8:12])[0] != 13:
-        raise ValueError("mark_label_png expects PNG bytes starting with an IHDR chunk.")
-    header_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
-    return data[:header_end] + _png_text_chunk(LABEL_POLICY_KEY, policy.to_json()) + data[header_end:]
-
-
-def encode_label_png(label: np.ndarray, policy: LabelPolicy | None = None) -> bytes:
-    """A (H, W) uint8 label map as PNG bytes (mode "L"), marked with `policy` when given."""
-    if label.dtype != np.uint8 or label.ndim != 2:
-        raise ValueError(f"encode_label_png expects a (H, W) uint8 array, got {label.dtype} {tuple(label.shape)}.")
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(label, mode="L").save(buffer, format="PNG", compress_level=1)
-    data = buffer.getvalue()
-    return mark_label_png(data, policy) if policy is not None else data
-
-
-def label_policy_of(label: PIL.Image.Image) -> LabelPolicy | None:
-    """The policy a label image was marked with by the `fpn_seg.data` loaders, or `None` for unmarked labels."""
-    text = getattr(label, "info", {}).get(LABEL_POLICY_KEY)
-    return LabelPolicy.from_json(text) if text else None
-
-
-def check_label_policy(label: Any, holder: Any) -> None:
-    """Raise if `label` (a PIL image from a `fpn_seg.data` loader) is marked with a policy other than `holder`'s.
-
-    `holder` is a `SemanticFPNImageProcessor` or a `SemanticFPNConfig`. Unmarked labels (plain arrays, datasets not
-    made by `fpn_seg.data`) pass: their policy is the caller's responsibility.
-    """
-    policy = label_policy_of(label) if isinstance(label, PIL.Image.Image) else None
-    if policy is None:
-        return
-    problems = policy.mismatches(holder)
-    if problems:
-        raise ValueError(
-            f"The label maps hold {policy.description}, but the {_kind(holder)}'s label policy does not match "
-            f"({'; '.join(problems)}). Applying it would train on wrong labels; build the processor from a config "
-            "with the policy the labels need (e.g. `SemanticFPNImageProcessor.from_model_config(config)` with "
-            "`config.reduce_labels` / `config.label_map` set accordingly)."
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -474,114 +341,16 @@ def build_split(
     return Dataset.from_dict({"image": images, "label": labels}, features=LABEL_FEATURES)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Generic datasets
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _load_path(path: Path) -> Dataset | DatasetDict:
-    if not path.exists():
-        raise FileNotFoundError(f"load_image_label_dataset: {path} does not exist.")
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
-        return load_from_disk(str(path))
-    if path.is_file() and path.suffix == ".parquet":
-        return load_dataset("parquet", data_files={"train": str(path)})
-    return load_dataset(str(path))
-
-
-def _select_columns(
-    dataset: Dataset, image_column: str, label_column: str, keep_other_columns: bool, split: str
-) -> Dataset:
-    if dataset.num_rows == 0:
-        raise ValueError(
-            f"load_image_label_dataset: split {split!r} is empty (0 examples, columns {dataset.column_names}); "
-            "check the data files, or drop the split."
-        )
-    missing = [column for column in (image_column, label_column) if column not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"load_image_label_dataset: split {split!r} has no column(s) {missing} "
-            f"(image_column={image_column!r}, label_column={label_column!r}); available columns: "
-            f"{dataset.column_names}."
-        )
-    if not keep_other_columns:
-        dataset = dataset.select_columns([image_column, label_column])
-    clashes = [c for c in ("image", "label") if c in dataset.column_names and c not in (image_column, label_column)]
-    if clashes:
-        dataset = dataset.remove_columns(clashes)
-    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
-    if renames:
-        dataset = dataset.rename_columns(renames)
-    for column in ("image", "label"):
-        feature = dataset.features[column]
-        if isinstance(feature, Image):
-            continue
-        if getattr(feature, "dtype", None) == "string":
-            dataset = dataset.cast_column(column, Image())  # file paths
-            continue
-        raise ValueError(
-            f"load_image_label_dataset: column {column!r} of split {split!r} is {feature}; expected a "
-            "`datasets.Image()` feature or file paths (strings)."
-        )
-    return dataset
-
-
-def load_image_label_dataset(
-    dataset_or_path: Dataset | DatasetDict | str | os.PathLike,
-    image_column: str = "image",
-    label_column: str = "label",
-    *,
-    split: str = "train",
-    keep_other_columns: bool = False,
-) -> DatasetDict:
-    """Any `datasets` dataset with an image and a label-map column, as a `DatasetDict` with `image` / `label` columns.
-
-    Args:
-        dataset_or_path: a `Dataset`, a `DatasetDict`, or a local path: a `save_to_disk` folder, a `.parquet` file, or
-            a folder that `datasets.load_dataset` reads (Parquet files, e.g. the output of `prepare`).
-        image_column, label_column: the columns to rename to `image` and `label`. Columns holding file paths are cast
-            to `datasets.Image()`.
-        split: the split name a single `Dataset` gets.
-        keep_other_columns: keep the remaining columns (dropped by default).
-
-    The labels are taken as they are: the processor's label policy (`reduce_labels`, `label_map`) is what turns them
-    into training ids, so it must fit the data (labels from the `fpn_seg.data` loaders carry a mark that the
-    transforms check; other labels cannot be checked).
-    """
-    if isinstance(dataset_or_path, (str, os.PathLike)):
-        dataset_or_path = _load_path(Path(dataset_or_path))
-    if isinstance(dataset_or_path, Dataset):
-        dataset_or_path = DatasetDict({split: dataset_or_path})
-    if not isinstance(dataset_or_path, DatasetDict):
-        raise TypeError(
-            "load_image_label_dataset expects a datasets.Dataset, a datasets.DatasetDict or a local path, got "
-            f"{type(dataset_or_path).__name__}."
-        )
-    return DatasetDict(
-        {
-            name: _select_columns(dataset, image_column, label_column, keep_other_columns, name)
-            for name, dataset in dataset_or_path.items()
-        }
-    )
-
-
 __all__ = [
     "LABEL_FEATURES",
-    "LABEL_POLICY_KEY",
     "DataSource",
     "ImageLabelPair",
     "LabelConversion",
-    "LabelPolicy",
     "PairRecord",
     "build_split",
-    "check_label_policy",
-    "encode_label_png",
     "format_file_list",
     "index_files",
     "iter_pair_records",
-    "label_policy_of",
-    "load_image_label_dataset",
-    "mark_label_png",
     "pair_files",
     "read_label",
     "read_pair",

@@ -48,7 +48,7 @@ import torch
 from torch.nn import functional as F
 
 from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
-from .folders import check_label_policy
+from .label_marks import check_label_policy
 
 _HSV_SHIFT = 12
 _HUE_RANGE = 180
