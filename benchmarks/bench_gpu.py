@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench_model import print_table
-from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+from fpn_seg import ResNetV1cConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.optimization import optimize_for_inference
 from fpn_seg.presets import preset_config
 

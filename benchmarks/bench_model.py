@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fpn_seg import SemanticFPNConfig, SemanticFPNForSemanticSegmentation
+from fpn_seg import SemanticFPNForSemanticSegmentation
 from fpn_seg.optimization import bf16_autocast, optimize_for_inference, prediction_agreement, retain_freed_memory
 from fpn_seg.presets import preset_config
 

@@ -34,7 +34,6 @@ import transformers
 from PIL import Image
 from transformers import SegformerImageProcessorPil
 
-from fpn_seg import SemanticFPNImageProcessor
 from fpn_seg.presets import preset_processor
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from .data import generate_street_scenes, load_cityscapes
 from .image_processing_semantic_fpn import label_to_tensor
@@ -73,7 +74,7 @@ def onnx_int8_results(model_dir, onnx_dir, data_dir, processor, held_out, predic
 
 def _older(folder: Path, than: Path) -> bool:
     """Whether `folder`'s config is older than the model's weights in `than` (the model was trained since)."""
-    return (folder / "config.json").stat().st_mtime < (than / "model.safetensors").stat().st_mtime
+    return (folder / CONFIG_NAME).stat().st_mtime < (than / SAFE_WEIGHTS_NAME).stat().st_mtime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[1/6] Synthetic street scenes in {data_dir}")
     generate_street_scenes(data_dir, num_train=args.num_train, num_val=args.num_val, size=(height, width), seed=0)
 
-    if args.retrain or not (model_dir / "model.safetensors").exists():
+    if args.retrain or not (model_dir / SAFE_WEIGHTS_NAME).exists():
         print(f"[2/6] Fine-tuning a ResNetV1c-18 Semantic FPN with the Trainer (recipe 'demo') into {model_dir}")
         train_demo_model(data_dir, model_dir, extra)
     else:

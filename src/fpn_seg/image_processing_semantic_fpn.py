@@ -727,6 +727,7 @@ def _stack_padded(maps: list[torch.Tensor], sizes: list[tuple[int, int]], fill: 
         stacked[index, :h, :w] = item
     return stacked
 
+
 __all__ = [
     "SemanticFPNImageProcessor",
     "SemanticFPNImageProcessorKwargs",

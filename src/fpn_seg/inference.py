@@ -67,6 +67,11 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def default_stride(crop_size: Sequence[int]) -> list[int]:
+    """The slide step mmseg's configs pair with a crop: 2/3 of each side, rounded (512 -> 341, 1024 -> 683)."""
+    return [max(1, round(side * 2 / 3)) for side in crop_size]
+
+
 def _crop_and_stride(crop_size, stride) -> tuple[tuple[int, int], tuple[int, int]]:
     """Checked `((crop_h, crop_w), (stride_h, stride_w))`: a stride longer than the crop would leave pixels that no
     window covers (mmseg asserts that every pixel is covered)."""
@@ -271,6 +276,7 @@ def segment(
 
 __all__ = [
     "MMSEG_MS_RATIOS",
+    "default_stride",
     "model_device_and_dtype",
     "model_logits",
     "multiscale_flip_inference",

@@ -20,7 +20,6 @@ from transformers.utils import (
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor
 
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
-PROCESSOR_FILE = IMAGE_PROCESSOR_NAME
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -44,7 +43,7 @@ def check_model_folder(folder: Path, argument: str = "MODEL") -> bool:
             f"{argument} folder {str(folder)!r} has no {' and no '.join(missing)}: it is not a saved model. Save one "
             "with model.save_pretrained(folder) and processor.save_pretrained(folder)."
         )
-    return (folder / PROCESSOR_FILE).is_file()
+    return (folder / IMAGE_PROCESSOR_NAME).is_file()
 
 
 def _source(name: str, argument: str) -> tuple[str, bool | None]:
@@ -78,7 +77,7 @@ def load_processor(source: str, config, where: str, has_processor: bool | None =
     if processor is None:
         processor = SemanticFPNImageProcessor.from_model_config(config)
         print(
-            f"note: the {where} has no {PROCESSOR_FILE}; using SemanticFPNImageProcessor.from_model_config(config): "
+            f"note: the {where} has no {IMAGE_PROCESSOR_NAME}; using SemanticFPNImageProcessor.from_model_config(config): "
             f"test scale {processor.scale}, mmseg's mean/std, the config's label policy.",
             file=sys.stderr,
         )
@@ -120,4 +119,4 @@ def load_model(
     return model.eval(), processor
 
 
-__all__ = ["PROCESSOR_FILE", "WEIGHT_FILES", "ModelFolderError", "check_model_folder", "load_model", "load_processor"]
+__all__ = ["WEIGHT_FILES", "ModelFolderError", "check_model_folder", "load_model", "load_processor"]

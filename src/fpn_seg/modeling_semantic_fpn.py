@@ -330,6 +330,12 @@ def image_sizes_of(pixel_mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([rows.sum(dim=1), columns.sum(dim=1)], dim=1).long()
 
 
+def is_padded_batch(image_sizes: torch.Tensor | None, pixel_values: torch.Tensor) -> bool:
+    """Whether some image of the batch `pixel_values` (B, C, H, W) is smaller than it: `image_sizes` (B, 2) from
+    [`image_sizes_of`], or None for a batch without a `pixel_mask`."""
+    return image_sizes is not None and bool((image_sizes != image_sizes.new_tensor(pixel_values.shape[-2:])).any())
+
+
 def logits_per_image(compute_logits, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
     """Logits (B, N, H, W) of a padded batch with each image run alone on its own region, so that its logits equal
     its unbatched logits bit for bit; zeros over the padding. `compute_logits` maps (1, C, h, w) -> (1, N, h, w)."""
@@ -382,7 +388,7 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
         )
         check_pixel_values(pixel_values, getattr(self.config.backbone_config, "num_channels", 3))
         image_sizes = image_sizes_of(pixel_mask) if pixel_mask is not None else None
-        if image_sizes is not None and not self.training and (image_sizes != image_sizes.new_tensor(pixel_values.shape[-2:])).any():
+        if not self.training and is_padded_batch(image_sizes, pixel_values):
             if output_hidden_states:
                 raise ValueError("output_hidden_states is not available for a padded batch of different sizes.")
             logits, hidden_states = logits_per_image(lambda image: self._logits(image)[0], pixel_values, image_sizes), None
@@ -456,6 +462,7 @@ __all__ = [
     "check_label_values",
     "check_pixel_values",
     "image_sizes_of",
+    "is_padded_batch",
     "logits_per_image",
     "SemanticFPNConvBlock",
     "SemanticFPNForSemanticSegmentation",

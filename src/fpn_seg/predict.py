@@ -38,7 +38,7 @@ from PIL import Image
 
 from .atomic import write_file_atomically
 from .image_files import ImageInput, ImageInputError, ImageReadError, collect_image_inputs, read_image
-from .inference import MMSEG_MS_RATIOS, prepare_model, segment
+from .inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
 from .model_folders import ModelFolderError, load_model
 from .optimization import retain_freed_memory
 from .visualize import overlay, save_label_png
@@ -188,7 +188,7 @@ def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         if getattr(args, name) and min(getattr(args, name)) < 1:
             parser.error(f"--{name.replace('_', '-')} needs two positive sizes; got {getattr(args, name)}.")
     if args.mode == "slide" and args.stride is None:
-        args.stride = [max(1, round(side * 2 / 3)) for side in args.crop_size]  # mmseg's 512 -> 341, 1024 -> 683
+        args.stride = default_stride(args.crop_size)
     if args.mode == "slide" and any(step > side for step, side in zip(args.stride, args.crop_size)):
         parser.error(
             f"--stride {args.stride} is larger than --crop-size {args.crop_size}: some pixels would get no "

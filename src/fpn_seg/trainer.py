@@ -77,7 +77,8 @@ class SemanticFPNTrainer(Trainer):
     - Evaluation: `prediction_step` returns class ids at the labels' original resolution (made by
       `compute_metrics.preprocess_logits_for_metrics`, before any gather), padded with the labels (with -100) to the
       largest height and width among processes, so that the Trainer's gather accepts images of different sizes.
-    - Before evaluating, every process takes the main process's BatchNorm statistics (see the module docstring).
+    - Before evaluating, every process takes the main process's BatchNorm statistics (its weights are the ones saved;
+      DDP leaves each process with the statistics of its own last batch).
     """
 
     def __init__(self, model=None, args: TrainingArguments | None = None, *more, momentum: float = 0.9, **kwargs):

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..image_files import ImageReadError, read_image
-from ..inference import MMSEG_MS_RATIOS, prepare_model, segment
+from ..inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
 from ..model_folders import ModelFolderError, load_model
 from ..optimization import bf16_is_fast
 from ..visualize import overlay, png_text, save_label_png
@@ -92,9 +92,9 @@ class SegmentationService:
             return self._models["fp32"]
         with self._lock:  # loaded once, even when two requests ask at the same moment
             if precision not in self._models:
-                from ..deployment.runtime import load_onnx_folder
+                from ..deployment.runtime import ORTModelForSemanticSegmentation
 
-                self._models[precision] = load_onnx_folder(self.source, precision)[0]
+                self._models[precision] = ORTModelForSemanticSegmentation.from_pretrained(self.source, precision)
         return self._models[precision]
 
     @property
@@ -130,7 +130,7 @@ class SegmentationService:
             raise AppError(f"{path.name}: {error}") from None
         options = {
             "whole": {},
-            "slide": {"mode": "slide", "crop_size": self.crop_size, "stride": [max(1, round(side * 2 / 3)) for side in self.crop_size]},
+            "slide": {"mode": "slide", "crop_size": self.crop_size, "stride": default_stride(self.crop_size)},
             "ms+flip": {"scales": MMSEG_MS_RATIOS, "flip": True},
         }[mode]
         start = time.perf_counter()
@@ -163,5 +163,6 @@ class SegmentationService:
         save_label_png(label_map, label_png, text)
         picture.save(overlay_png, pnginfo=png_text(text))
         return label_png, overlay_png
+
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MODES", "AppError", "SegmentationResult", "SegmentationService"]

@@ -11,7 +11,6 @@ from importlib import metadata
 from pathlib import Path
 
 from ..atomic import atomic_output_dir
-from ..deployment.runtime import is_onnx_folder
 
 APP_FILE = '''"""Semantic FPN demo: the Gradio app of fpn_seg over {what} (written by `fpn-seg app --write-space`)."""
 
@@ -91,7 +90,7 @@ def write_space(
         what = "the model in model/" if local else f"the hub model {source}"
         model_source = 'str(HERE / "model")' if local else repr(source)
         (staging / "app.py").write_text(APP_FILE.format(what=what, source=model_source, concurrency=concurrency))
-        (staging / "requirements.txt").write_text(_requirements(onnx=local and is_onnx_folder(source)))
+        (staging / "requirements.txt").write_text(_requirements(onnx=service.kind == "onnx"))
         (staging / "README.md").write_text(
             README.format(title=title, gradio=metadata.version("gradio"), classes=service.config.num_labels)
         )

@@ -81,11 +81,11 @@ def convert_semantic_fpn(
     preset = official.preset if official is not None else preset
     if preset is None:
         raise ConversionError(f"Give --model NAME, or --checkpoint with --preset NAME (one of: {', '.join(PRESETS)}).")
-    get_preset(preset)
+    preset_info = get_preset(preset)  # an unknown name is refused before any download
     path, sha256, expected_prefix = fetch_verified(checkpoint, official)
     loaded = load_checkpoint(path)
     source = str(checkpoint if checkpoint is not None else official.url)
-    classes_checked = check_class_names(loaded.meta, get_preset(preset), source=str(path))
+    classes_checked = check_class_names(loaded.meta, preset_info, source=str(path))
     config = infer_semantic_fpn_config(loaded.state_dict, preset, source=str(path))
     network = build_semantic_fpn(loaded.state_dict, config, source=str(path))
     widths = architecture_widths(config)

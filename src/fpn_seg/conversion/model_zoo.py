@@ -93,7 +93,6 @@ class ImageNetBackbone(_DownloadableFile):
     url: str
 
 
-
 IMAGENET_BACKBONES: dict[str, ImageNetBackbone] = {
     backbone.name: backbone
     for backbone in (

@@ -8,8 +8,6 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
 
-
-
 def _load_path(path: Path) -> Dataset | DatasetDict:
     if not path.exists():
         raise FileNotFoundError(f"load_image_label_dataset: {path} does not exist.")

@@ -6,7 +6,7 @@ Needs the `[onnx]` extra (onnx, onnxruntime, onnxscript): `pip install 'fpn_seg[
 without it; the functions that need it raise an `ImportError` naming the extra.
 """
 
-from .dependencies import ONNX_EXTRA, require
+from .dependencies import require
 from .export import ExportCheckError, ExportError, ExportReport, calibration_pixel_values, export_onnx
 from .quantization import QuantizationReport, quantize_onnx
 from .runtime import (
@@ -18,7 +18,6 @@ from .runtime import (
 )
 
 __all__ = [
-    "ONNX_EXTRA",
     "ONNX_FILE_NAME",
     "QUANTIZED_FILE_NAME",
     "ExportCheckError",

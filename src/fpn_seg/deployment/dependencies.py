@@ -3,9 +3,6 @@
 import importlib
 from types import ModuleType
 
-ONNX_EXTRA = "pip install 'fpn_seg[onnx]'"
-
-
 def require(
     *modules: str, purpose: str = "ONNX export and ONNX Runtime inference", extra: str = "onnx"
 ) -> list[ModuleType]:
@@ -22,4 +19,4 @@ def require(
     return imported
 
 
-__all__ = ["ONNX_EXTRA", "require"]
+__all__ = ["require"]

@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME
 
 from ..atomic import atomic_output_dir, check_output_dir
 from ..image_files import ImageInputError, ImageReadError, collect_image_inputs, read_image
 from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
-from ..model_folders import PROCESSOR_FILE, ModelFolderError, load_model
+from ..model_folders import ModelFolderError, load_model
 from ..modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
 from ..optimization import fold_batch_norm, is_batch_norm_folded
 from .dependencies import require
@@ -278,8 +279,8 @@ def export_onnx(
         calibration = calibration_pixel_values(processor, images)
     with atomic_output_dir(output_dir, overwrite, refuse=ExportError) as staging:
         export_model_to_onnx(model, staging / ONNX_FILE_NAME, opset)
-        _write_json_config(model.config, staging / "config.json")
-        _write_json_config(processor, staging / PROCESSOR_FILE)
+        _write_json_config(model.config, staging / CONFIG_NAME)
+        _write_json_config(processor, staging / IMAGE_PROCESSOR_NAME)
         difference, shape = check_export(model, staging)
         quantization = None
         if calibration is not None:

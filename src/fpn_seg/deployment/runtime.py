@@ -14,11 +14,18 @@ from typing import Literal
 import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, SAFE_WEIGHTS_NAME
 
 from ..configuration_semantic_fpn import SemanticFPNConfig
 from ..image_processing_semantic_fpn import SemanticFPNImageProcessor
-from ..model_folders import PROCESSOR_FILE, load_processor
-from ..modeling_semantic_fpn import SemanticFPNSegmenterOutput, check_pixel_values, image_sizes_of, logits_per_image
+from ..model_folders import load_processor
+from ..modeling_semantic_fpn import (
+    SemanticFPNSegmenterOutput,
+    check_pixel_values,
+    image_sizes_of,
+    is_padded_batch,
+    logits_per_image,
+)
 from .dependencies import require
 
 ONNX_FILE_NAME = "model.onnx"
@@ -47,7 +54,7 @@ def onnx_model_path(folder: str | os.PathLike, precision: Precision = "fp32") ->
             f"{ONNX_FILE_NAME}). Export it with: fpn-seg export MODEL_DIR --output-dir {folder} --overwrite --int8 "
             "--calibration-images IMAGES..."
         )
-    found = "a torch model folder (model.safetensors)" if (folder / "model.safetensors").is_file() else "no model"
+    found = f"a torch model folder ({SAFE_WEIGHTS_NAME})" if (folder / SAFE_WEIGHTS_NAME).is_file() else "no model"
     raise OnnxFolderError(
         f"{str(folder)!r} has no {path.name}: it holds {found}, not an ONNX export. Make one with: fpn-seg export "
         f"MODEL_DIR --output-dir OUT (then use OUT)."
@@ -75,9 +82,10 @@ class ORTModelForSemanticSegmentation:
     """A Semantic FPN exported to ONNX, run by ONNX Runtime with the interface of the torch model.
 
     Calling it with `pixel_values` (B, 3, H, W) float32 (a torch tensor or a numpy array, as the processor makes them)
-    returns a `SemanticFPNSegmenterOutput` (a `SemanticSegmenterOutput`) whose `logits` (B, num_labels, H, W) are a float32 torch tensor at the input
-    size. `config` is the model's `SemanticFPNConfig` (classes and label policy). It is inference-only: no `labels`
-    (no loss), no training mode, CPU tensors in and out (ONNX Runtime's own providers decide where it runs).
+    returns a `SemanticFPNSegmenterOutput` (a `SemanticSegmenterOutput`) whose `logits` (B, num_labels, H, W) are a
+    float32 torch tensor at the input size. `config` is the model's `SemanticFPNConfig` (classes and label policy).
+    It is inference-only: no `labels` (no loss), no training mode, CPU tensors in and out (ONNX Runtime's own
+    providers decide where it runs).
 
     Use [`from_pretrained`] on a folder written by `fpn-seg export` (or `fpn_seg.deployment.export_onnx`).
     """
@@ -112,9 +120,9 @@ class ORTModelForSemanticSegmentation:
         """
         (ort,) = require("onnxruntime")
         path = onnx_model_path(folder, precision)
-        config_file = Path(folder) / "config.json"
+        config_file = Path(folder) / CONFIG_NAME
         if not config_file.is_file():
-            raise OnnxFolderError(f"{str(folder)!r} has {path.name} but no config.json; export the folder again.")
+            raise OnnxFolderError(f"{str(folder)!r} has {path.name} but no {CONFIG_NAME}; export the folder again.")
         try:
             config = SemanticFPNConfig.from_pretrained(folder)
         except (OSError, ValueError, StrictDataclassError) as error:
@@ -183,7 +191,7 @@ class ORTModelForSemanticSegmentation:
         check_pixel_values(pixel_values, num_channels=3)
         pixel_values = pixel_values.detach().to(device="cpu", dtype=torch.float32)
         image_sizes = image_sizes_of(torch.as_tensor(pixel_mask)) if pixel_mask is not None else None
-        if image_sizes is not None and (image_sizes != image_sizes.new_tensor(pixel_values.shape[-2:])).any():
+        if is_padded_batch(image_sizes, pixel_values):
             logits = logits_per_image(self._logits, pixel_values, image_sizes)
         else:
             logits = self._logits(pixel_values)
@@ -210,7 +218,7 @@ def load_onnx_folder(
     """An ONNX folder of `fpn-seg export` -> (its `ORTModelForSemanticSegmentation`, its image processor: the saved
     one, or the config's with a note when the folder has none). Raises `OnnxFolderError` / `ModelFolderError`."""
     model = ORTModelForSemanticSegmentation.from_pretrained(folder, precision=precision, num_threads=num_threads)
-    has_processor = (Path(folder) / PROCESSOR_FILE).is_file()
+    has_processor = (Path(folder) / IMAGE_PROCESSOR_NAME).is_file()
     return model, load_processor(str(folder), model.config, f"ONNX folder {str(folder)!r}", has_processor)
 
 
