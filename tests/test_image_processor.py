@@ -13,7 +13,7 @@ from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
-from fpn_seg.image_processing_semantic_fpn import encode_labels, image_to_tensor, label_to_tensor
+from fpn_seg.image_processing_semantic_fpn import image_to_tensor, label_to_tensor
 from fpn_seg.conversion import convert_mmseg_state_dict
 from fpn_seg.presets import preset_config, preset_processor
 
@@ -176,9 +176,8 @@ def test_label_policy_reduce_labels_and_label_map():
     processor = SemanticFPNImageProcessor.from_model_config(config)
     assert processor.do_reduce_labels and processor.ignore_index == config.ignore_index
     raw_tensor = torch.from_numpy(raw)
-    torch.testing.assert_close(processor.encode_labels(raw_tensor), encode_labels(
-        raw_tensor, ignore_index=config.ignore_index, reduce_labels=config.reduce_labels, label_map=config.label_map
-    ))
+    assert processor.label_policy == config.label_policy
+    torch.testing.assert_close(processor.encode_labels(raw_tensor), config.label_policy.encode(raw_tensor))
 
 
 # ---------------------------------------------------------------------------------------------------- image inputs

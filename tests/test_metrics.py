@@ -373,17 +373,17 @@ def test_evaluate_module_loads_offline_and_matches(tmp_path):
     assert os.path.isfile(os.path.join(EVALUATE_MODULE_PATH, "mean_iou_metric.py"))
 
 
-# Each worker loads only the metric's source files (they need torch and NumPy) as a bare package, not the
-# transformers-heavy fpn_seg, so that the two processes start in a couple of seconds.
+# Each worker loads only the metric's source files and the label policy beside them (they need torch and NumPy) as
+# bare packages, not the transformers-heavy fpn_seg, so that the two processes start in a couple of seconds.
 _ALL_REDUCE_WORKER = """
 import importlib, os, sys, types
 import numpy as np, torch.distributed as dist
 rank, world_size, init_file, metrics_folder, output_dir = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:]
-package = types.ModuleType("metrics_under_test")
-package.__path__ = [metrics_folder]
-sys.modules["metrics_under_test"] = package
-module = types.SimpleNamespace(MeanIoU=importlib.import_module("metrics_under_test.mean_iou").MeanIoU,
-                               MeanIoUComputeMetrics=importlib.import_module("metrics_under_test.trainer").MeanIoUComputeMetrics)
+for name, folder in (("package_under_test", os.path.dirname(metrics_folder)), ("package_under_test.metrics", metrics_folder)):
+    sys.modules[name] = types.ModuleType(name)
+    sys.modules[name].__path__ = [folder]
+module = types.SimpleNamespace(MeanIoU=importlib.import_module("package_under_test.metrics.mean_iou").MeanIoU,
+                               MeanIoUComputeMetrics=importlib.import_module("package_under_test.metrics.trainer").MeanIoUComputeMetrics)
 dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
 rng = np.random.default_rng(rank)
 metric = module.MeanIoU(num_labels=4)

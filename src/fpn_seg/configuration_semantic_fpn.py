@@ -13,6 +13,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.configuration_auto import AutoConfig
 
 from .configuration_resnet_v1c import ResNetV1cConfig
+from .label_policy import LabelPolicy
 
 # Backbone keyword arguments of transformers' vision configs that Semantic FPN does not take, and why.
 _REFUSED_BACKBONE_KWARGS = {
@@ -28,8 +29,9 @@ class SemanticFPNConfig(PreTrainedConfig):
     Configuration of [`SemanticFPNForSemanticSegmentation`]: a backbone, an FPN neck and the Semantic FPN head of
     Kirillov et al., "Panoptic Feature Pyramid Networks" (CVPR 2019), laid out as mmsegmentation's `sem_fpn` models.
 
-    The config also holds the **label policy** (`ignore_index`, `reduce_labels`, `label_map`, `id2label`) that the
-    image processor, the loss, the metric and the post-processing all read.
+    The config also holds the **label policy** (`ignore_index`, `reduce_labels`, `label_map`; as one object,
+    [`label_policy`]) and the classes (`id2label`) that the image processor, the loss, the metric and the
+    post-processing all read.
 
     Args:
         backbone_config (`PreTrainedConfig` or `dict`, *optional*):
@@ -91,6 +93,12 @@ class SemanticFPNConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.id2label is not None:  # always the inverse of id2label (a stale one would outlive changed classes)
             self.label2id = {str(name): int(index) for index, name in self.id2label.items()}
+
+    @property
+    def label_policy(self) -> LabelPolicy:
+        """The label policy of these fields (`reduce_labels`, `label_map`, `ignore_index`) as one value; a processor
+        gets it with `SemanticFPNImageProcessor.from_model_config(config)`."""
+        return LabelPolicy.of(self)
 
     def validate_feature_strides(self):
         """One positive stride per backbone feature, each twice the previous (the head doubles between levels)."""

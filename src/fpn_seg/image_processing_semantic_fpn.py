@@ -29,6 +29,7 @@ from transformers.processing_utils import ImagesKwargs
 from transformers.utils import IMAGE_PROCESSOR_NAME
 
 from .atomic import save_folder_atomically, split_push_options
+from .label_policy import LabelPolicy
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -166,45 +167,6 @@ def _array_to_uint8_chw(
     if not array.flags.writeable or min(array.strides) < 0:  # torch needs writable memory and positive strides
         array = array.copy()
     return torch.from_numpy(array).permute(2, 0, 1)
-
-
-def encode_labels(
-    labels: torch.Tensor,
-    *,
-    ignore_index: int = 255,
-    reduce_labels: bool = False,
-    label_map: dict[int, int] | None = None,
-) -> torch.Tensor:
-    """Turn a raw annotation map (any integer tensor) into training ids: the one place where a label policy is applied.
-
-    Order: `label_map` first (raw value -> training id; a value that the map does not name becomes `ignore_index`,
-    as Cityscapes label ids that have no train id), then `reduce_labels` (ADE20K's `reduce_zero_label`: 0 -> ignore,
-    `v` -> `v - 1`, `ignore_index` stays). Returns an int64 tensor of the same shape.
-    """
-    labels = labels.to(torch.int64)
-    if label_map:
-        lookup_size = max(max(label_map) + 1, int(labels.max()) + 1 if labels.numel() else 1)
-        lookup = torch.full((lookup_size,), ignore_index, dtype=torch.int64)
-        for raw, train in label_map.items():
-            lookup[int(raw)] = int(train)
-        if labels.numel() and int(labels.min()) < 0:
-            raise ValueError(f"Label maps hold non-negative values; got a minimum of {int(labels.min())}.")
-        labels = lookup[labels]
-    if reduce_labels:
-        ignored = labels == ignore_index
-        labels = labels - 1
-        labels[(labels == -1) | ignored] = ignore_index
-    return labels
-
-
-def label_policy_options(config) -> dict[str, Any]:
-    """The processor options that carry a `SemanticFPNConfig`'s label policy (`do_reduce_labels`, `label_map`,
-    `ignore_index`)."""
-    return {
-        "do_reduce_labels": config.reduce_labels,
-        "label_map": config.label_map,
-        "ignore_index": config.ignore_index,
-    }
 
 
 def image_to_tensor(image: Any, convert_rgb: bool = True, input_data_format: str | None = None) -> torch.Tensor:
@@ -389,7 +351,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
     r"""
     Image processor of Semantic FPN, reproducing mmsegmentation's test pipeline: keep-ratio resize into `scale`
     (bilinear without antialiasing, rounded to uint8), normalisation with mmseg's mean/std on 0..255 RGB, and the
-    label policy (`do_reduce_labels`, `label_map`, `ignore_index`) applied by one function, [`encode_labels`].
+    label policy (`do_reduce_labels`, `label_map`, `ignore_index`; as one object, [`label_policy`]) applied by
+    [`encode_labels`].
 
     Batching: images are processed one by one. With `return_tensors="pt"` (or `"np"`) they are stacked into
     `pixel_values` (B, C, H, W); when they resize to different sizes, each is padded at the bottom and right (zeros)
@@ -485,7 +448,7 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
     def from_model_config(cls, config, **kwargs) -> "SemanticFPNImageProcessor":
         """A processor carrying the label policy (`reduce_labels`, `label_map`, `ignore_index`) of a
         `SemanticFPNConfig`; `kwargs` set the other options (e.g. `scale`)."""
-        return cls(**{**label_policy_options(config), **kwargs})
+        return cls(**{**LabelPolicy.of(config).processor_options(), **kwargs})
 
     def _with_overrides(self, overrides: dict[str, Any]) -> "SemanticFPNImageProcessor":
         """A shallow copy of this processor with some options replaced (the `preprocess(**overrides)` mechanism);
@@ -588,11 +551,14 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
             out.sub_(mean).div_(std)
         return out
 
+    @property
+    def label_policy(self) -> LabelPolicy:
+        """This processor's label policy (`do_reduce_labels`, `label_map`, `ignore_index`) as one value."""
+        return LabelPolicy.of(self)
+
     def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Raw annotation values -> training ids under this processor's label policy (int64, same shape)."""
-        return encode_labels(
-            labels, ignore_index=self.ignore_index, reduce_labels=self.do_reduce_labels, label_map=self.label_map
-        )
+        return self.label_policy.encode(labels)
 
     # ------------------------------------------------------------------------------------------ preprocess
 
@@ -731,8 +697,6 @@ def _stack_padded(maps: list[torch.Tensor], sizes: list[tuple[int, int]], fill: 
 __all__ = [
     "SemanticFPNImageProcessor",
     "SemanticFPNImageProcessorKwargs",
-    "encode_labels",
     "image_to_tensor",
-    "label_policy_options",
     "label_to_tensor",
 ]

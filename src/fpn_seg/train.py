@@ -63,11 +63,7 @@ from .data import (
     load_cityscapes,
     load_image_label_dataset,
 )
-from .image_processing_semantic_fpn import (
-    SemanticFPNImageProcessor,
-    label_policy_options,
-    label_to_tensor,
-)
+from .image_processing_semantic_fpn import SemanticFPNImageProcessor, label_to_tensor
 from .metrics import make_compute_metrics, save_evaluation_report
 from .trainer import AugmentedTrainDataset, EpochShuffleSampler, SemanticFPNTrainer
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
@@ -300,7 +296,7 @@ def build_processor(
     if model_args.model_name_or_path:
         try:
             return SemanticFPNImageProcessor.from_pretrained(
-                model_args.model_name_or_path, **label_policy_options(config), **scale
+                model_args.model_name_or_path, **config.label_policy.processor_options(), **scale
             )
         except OSError:  # no preprocessor_config.json: the config alone
             pass
@@ -360,14 +356,6 @@ def load_training_data(data_args: DataArguments, splits: Sequence[str] | None = 
     raise ValueError(f"--dataset {data_args.dataset!r} is not one of cityscapes, ade20k, folder, hub.")
 
 
-def describe_label_policy(config: SemanticFPNConfig) -> str:
-    label_map = f"label_map with {len(config.label_map)} entries" if config.label_map else "no label_map"
-    return (
-        f"reduce_labels={config.reduce_labels}, {label_map}, ignore_index={config.ignore_index}, "
-        f"{config.num_labels} classes"
-    )
-
-
 def check_first_batch_labels(
     dataset: Dataset, processor: SemanticFPNImageProcessor, config: SemanticFPNConfig, batch_size: int, where: str
 ) -> None:
@@ -383,7 +371,7 @@ def check_first_batch_labels(
         except ValueError as error:
             raise ValueError(
                 f"{where}, example {position} of the first batch, after the label policy "
-                f"({describe_label_policy(config)}): {error}"
+                f"({config.label_policy.describe()}, {config.num_labels} classes): {error}"
             ) from None
 
 

@@ -9,7 +9,7 @@
 - [`TrainTransform`] / [`EvalTransform`]: mmseg's training recipe and the test-time path, for `with_transform`.
 - [`generate_street_scenes`] (`python -m fpn_seg.data.synthetic`): a small synthetic Cityscapes-layout dataset.
 
-Labels written by these loaders carry their label policy (see `label_marks.LabelPolicy`); the transforms refuse a
+Labels written by these loaders carry their label policy (a `fpn_seg.LabelPolicy`, see `label_marks`); the transforms refuse a
 processor whose policy differs, so a policy is never applied twice or forgotten silently.
 """
 
@@ -21,8 +21,9 @@ from .cityscapes import (
     cityscapes_label_map,
     load_cityscapes,
 )
+from ..label_policy import LabelPolicy
 from .generic import load_image_label_dataset
-from .label_marks import LabelPolicy, check_label_policy, label_policy_of
+from .label_marks import check_label_policy, label_policy_of
 from .transforms import EvalTransform, TrainTransform, collate_same_size
 
 # The command-line modules are imported on first use, so that `python -m fpn_seg.data.prepare` (or `.synthetic`)

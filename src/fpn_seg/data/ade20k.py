@@ -12,7 +12,7 @@ Layout::
 applied once, by the processor, because the ADE20K presets set `reduce_labels=True` (as transformers' ADE20K models
 and evaluate's `mean_iou(reduce_labels=True)` expect raw annotations too). To make "applied twice" and "never
 applied" impossible to miss, each stored label carries the mark "raw ADE20K annotations, needs reduce_labels=True"
-(see `fpn_seg.data.label_marks.LabelPolicy`); the training and evaluation transforms refuse a processor whose
+(a `fpn_seg.LabelPolicy`, see `fpn_seg.data.label_marks`); the training and evaluation transforms refuse a processor whose
 `do_reduce_labels` is off (or that has a `label_map`). Labels reduced by hand and re-saved lose the mark.
 
 DatasetDict keys follow the Hub's split names: `train` (folder `training`) and `validation`.
@@ -25,9 +25,9 @@ from collections.abc import Sequence
 import numpy as np
 from datasets import DatasetDict
 
+from ..label_policy import LabelPolicy
 from ..label_sets import ADE20K_CLASSES
 from .folders import DataSource, ImageLabelPair, LabelConversion, build_split, index_files, pair_files
-from .label_marks import LabelPolicy
 
 ADE20K_RAW_POLICY = LabelPolicy(
     description="raw ADE20K annotations (0 = other, v = class v - 1; they need reduce_labels=True)",

@@ -11,7 +11,7 @@ files it was read from. `*_labelTrainIds.png` files are stored as they are; `*_l
 mapped with the `cityscapesscripts` table below (label ids without a train id -> 255) and re-encoded when loading.
 Converting once, at load time, is the safer choice: the stored labels then mean the same thing as mmseg's inputs and
 as the Cityscapes presets expect (`label_map=None`, `reduce_labels=False`), and no later step can forget the mapping.
-Each stored label carries the mark "Cityscapes train ids" (see `fpn_seg.data.label_marks.LabelPolicy`), so a processor
+Each stored label carries the mark "Cityscapes train ids" (a `fpn_seg.LabelPolicy`, see `fpn_seg.data.label_marks`), so a processor
 with a `label_map` or `reduce_labels` (which would map train ids a second time) is refused by the transforms.
 (Models that read raw label ids instead can use `config.label_map = cityscapes_label_map()`.)
 
@@ -28,9 +28,9 @@ from typing import Literal
 import numpy as np
 from datasets import DatasetDict
 
+from ..label_policy import LabelPolicy
 from ..label_sets import CITYSCAPES_CLASSES
 from .folders import DataSource, ImageLabelPair, LabelConversion, build_split, index_files, pair_files
-from .label_marks import LabelPolicy
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import PIL.Image
 from datasets import Dataset, Features, Image
 from tqdm.auto import tqdm
 
-
-from .label_marks import PNG_SIGNATURE, LabelPolicy, encode_label_png, mark_label_png
+from ..label_policy import LabelPolicy
+from .label_marks import PNG_SIGNATURE, encode_label_png, mark_label_png
 
 LABEL_FEATURES = Features({"image": Image(), "label": Image()})
 _MAX_LISTED_FILES = 5

@@ -7,88 +7,18 @@ pixels (the chunk is spliced in after the PNG header).
 """
 
 import io
-import json
 import struct
 import zlib
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
 
+from ..label_policy import LabelPolicy
+
 
 LABEL_POLICY_KEY = "fpn_seg.label_policy"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class LabelPolicy:
-    """The label policy that turns stored label values into training ids (what the processor must apply).
-
-    Fields mirror `SemanticFPNConfig` / `SemanticFPNImageProcessor`: `reduce_labels` (0 -> ignore, `v` -> `v - 1`),
-    `label_map` (raw value -> training id) and `ignore_index`. `description` is for humans (error messages).
-    """
-
-    description: str
-    reduce_labels: bool = False
-    label_map: dict[int, int] | None = None
-    ignore_index: int = 255
-
-    def to_json(self) -> str:
-        label_map = None if not self.label_map else {str(k): int(v) for k, v in sorted(self.label_map.items())}
-        fields = {
-            "description": self.description,
-            "reduce_labels": self.reduce_labels,
-            "label_map": label_map,
-            "ignore_index": self.ignore_index,
-        }
-        return json.dumps(fields, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LabelPolicy":
-        fields = json.loads(text)
-        label_map = fields.get("label_map")
-        return cls(
-            description=str(fields.get("description", "")),
-            reduce_labels=bool(fields.get("reduce_labels", False)),
-            label_map={int(k): int(v) for k, v in label_map.items()} if label_map else None,
-            ignore_index=int(fields.get("ignore_index", 255)),
-        )
-
-    def mismatches(self, holder: Any) -> list[str]:
-        """Differences between this policy and a processor's (`do_reduce_labels`) or a config's (`reduce_labels`)."""
-        reduce_labels = getattr(holder, "do_reduce_labels", getattr(holder, "reduce_labels", False))
-        label_map = getattr(holder, "label_map", None) or None
-        if label_map is not None:
-            label_map = {int(k): int(v) for k, v in label_map.items()}
-        ignore_index = getattr(holder, "ignore_index", 255)
-        problems = []
-        if bool(reduce_labels) != self.reduce_labels:
-            problems.append(
-                f"reduce_labels: the labels need {self.reduce_labels}, the {_kind(holder)} has {reduce_labels}"
-            )
-        if label_map != (self.label_map or None):
-            problems.append(
-                f"label_map: the labels need {_short_map(self.label_map)}, "
-                f"the {_kind(holder)} has {_short_map(label_map)}"
-            )
-        if ignore_index != self.ignore_index:
-            problems.append(
-                f"ignore_index: the labels use {self.ignore_index}, the {_kind(holder)} has {ignore_index}"
-            )
-        return problems
-
-
-def _kind(holder: Any) -> str:
-    return "processor" if hasattr(holder, "do_reduce_labels") else type(holder).__name__
-
-
-def _short_map(label_map: dict[int, int] | None) -> str:
-    if not label_map:
-        return "no label_map"
-    items = sorted(label_map.items())
-    text = ", ".join(f"{k}->{v}" for k, v in items[:6])
-    return f"a label_map {{{text}{', ...' if len(items) > 6 else ''}}}"
 
 
 def _png_text_chunk(key: str, value: str) -> bytes:
@@ -130,14 +60,15 @@ def check_label_policy(label: Any, holder: Any) -> None:
     policy = label_policy_of(label) if isinstance(label, PIL.Image.Image) else None
     if policy is None:
         return
-    problems = policy.mismatches(holder)
+    kind = "processor" if hasattr(holder, "do_reduce_labels") else type(holder).__name__
+    problems = policy.differences(LabelPolicy.of(holder), "the labels need", f"the {kind} has")
     if problems:
         raise ValueError(
-            f"The label maps hold {policy.description}, but the {_kind(holder)}'s label policy does not match "
+            f"The label maps hold {policy.description}, but the {kind}'s label policy does not match "
             f"({'; '.join(problems)}). Applying it would train on wrong labels; build the processor from a config "
             "with the policy the labels need (e.g. `SemanticFPNImageProcessor.from_model_config(config)` with "
             "`config.reduce_labels` / `config.label_map` set accordingly)."
         )
 
 
-__all__ = ["LABEL_POLICY_KEY", "LabelPolicy", "check_label_policy", "encode_label_png", "label_policy_of", "mark_label_png"]
+__all__ = ["LABEL_POLICY_KEY", "check_label_policy", "encode_label_png", "label_policy_of", "mark_label_png"]

@@ -6,7 +6,7 @@
 
 from pathlib import Path
 
-from .mean_iou import MeanIoU, apply_label_map, mean_iou, reduce_reference_labels
+from .mean_iou import MeanIoU, mean_iou
 from .reports import format_iou_table, save_evaluation_report
 from .trainer import MeanIoUComputeMetrics, flatten_results, iou_metric_keys, make_compute_metrics
 
@@ -17,12 +17,10 @@ __all__ = [
     "EVALUATE_MODULE_PATH",
     "MeanIoU",
     "MeanIoUComputeMetrics",
-    "apply_label_map",
     "flatten_results",
     "format_iou_table",
     "iou_metric_keys",
     "make_compute_metrics",
     "mean_iou",
-    "reduce_reference_labels",
     "save_evaluation_report",
 ]

@@ -17,8 +17,9 @@ and column gather the out-of-range values; `MeanIoU.confusion_matrix` shows the 
 
 Counting: per map, the (reference value, prediction value) pairs are counted with one `torch.bincount` over the
 small grid of values present (256 x 256 at most for uint8 maps), in chunks of 1M pixels, and that grid is then folded
-into the matrix through the label policy (`label_map`, `reduce_labels`, `ignore_index`, out-of-range values), so the
-policy costs nothing per pixel. Maps with very wide value ranges take a per-pixel path with the same policy code.
+into the matrix through the label policy (evaluate's reading of `label_map` and `reduce_labels`,
+`LabelPolicy.encode_as_evaluate`; then `ignore_index` and out-of-range values), so the policy costs nothing per
+pixel. Maps with very wide value ranges take a per-pixel path with the same policy code.
 
 Two ways in here: the plain function `mean_iou` (evaluate's signature) and the accumulator `MeanIoU`; the Trainer's
 `compute_metrics` is in `fpn_seg.metrics.trainer`, the reports in `fpn_seg.metrics.reports`, and the `evaluate` module
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-# The value that evaluate's `reduce_labels` maps 0 to, whatever `ignore_index` is (it is hard-coded there too).
-REDUCED_BACKGROUND = 255
+from ..label_policy import LabelPolicy
+
 # Most (reference value, prediction value) pairs counted with one bincount before folding into the matrix; wider
 # value ranges go through the label policy pixel by pixel.
 _JOINT_HISTOGRAM_LIMIT = 1 << 18
@@ -110,25 +111,6 @@ def _iterate_pairs(predictions: SegmentationMaps, references: SegmentationMaps) 
         yield prediction, reference, f"[{position}]"
 
 
-def reduce_reference_labels(references: torch.Tensor) -> torch.Tensor:
-    """evaluate's `reduce_labels`: 0 -> 255, `v` -> `v - 1`, 255 stays 255 (references only; 255 whatever
-    `ignore_index` is, as in evaluate)."""
-    background = (references == 0) | (references == REDUCED_BACKGROUND)
-    return torch.where(background, REDUCED_BACKGROUND, references - 1)
-
-
-def apply_label_map(references: torch.Tensor, label_map: Mapping[int, int]) -> torch.Tensor:
-    """evaluate's `label_map`: every value named in the map is replaced (all looked up on the original values);
-    values it does not name are kept."""
-    if not label_map or references.numel() == 0:
-        return references
-    original = references
-    mapped = references.clone()
-    for old_id, new_id in label_map.items():
-        mapped[original == int(old_id)] = int(new_id)
-    return mapped
-
-
 class MeanIoU:
     """Streaming confusion matrix for mean IoU, with evaluate's `mean_iou` semantics (see the module docstring).
 
@@ -142,6 +124,9 @@ class MeanIoU:
         reduce_labels: apply evaluate's `reduce_labels` to references (0 -> 255, `v` -> `v - 1`, 255 stays).
         label_map: raw reference value -> class id, applied to references before `reduce_labels` (values not named
             are kept), as evaluate's `label_map`.
+
+    The three make `reference_policy`, read with evaluate's semantics ([`LabelPolicy.encode_as_evaluate`]), not
+    the processor's. References encoded by the processor (the Trainer's labels) need neither option.
         device: where the matrix lives; by default the device of the first tensor passed to `update`.
 
     Example:
@@ -166,8 +151,9 @@ class MeanIoU:
             raise ValueError(f"MeanIoU: ignore_index must be an int, got {ignore_index!r}.")
         self.num_labels = num_labels
         self.ignore_index = int(ignore_index)
-        self.reduce_labels = bool(reduce_labels)
-        self.label_map = {int(k): int(v) for k, v in label_map.items()} if label_map else None
+        self.reference_policy = LabelPolicy(
+            reduce_labels, label_map, self.ignore_index, description="evaluate's mean_iou reading of references"
+        )
         self._device_fixed = device is not None
         self._counts = torch.zeros((num_labels + 1) ** 2, dtype=torch.int64, device=device)
 
@@ -264,10 +250,7 @@ class MeanIoU:
     def _rows_of_values(self, values: torch.Tensor) -> torch.Tensor:
         """int64 reference values -> their offset in the flat matrix: `row * (C + 1)` after the label policy, the
         out-of-range row `C` for values outside `0..C-1`, and `(C + 1) ** 2` for ignored values."""
-        if self.label_map:
-            values = apply_label_map(values, self.label_map)
-        if self.reduce_labels:
-            values = reduce_reference_labels(values)
+        values = self.reference_policy.encode_as_evaluate(values)
         size = self.num_labels + 1
         rows = torch.where((values >= 0) & (values < self.num_labels), values, self.num_labels) * size
         return rows.masked_fill_(values == self.ignore_index, size * size)
@@ -349,11 +332,8 @@ def mean_iou(
 
 
 __all__ = [
-    "REDUCED_BACKGROUND",
     "TRAINER_PADDING_INDEX",
     "MeanIoU",
     "SegmentationMaps",
-    "apply_label_map",
     "mean_iou",
-    "reduce_reference_labels",
 ]
