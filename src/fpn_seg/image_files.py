@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .image_processing_semantic_fpn import image_to_tensor
+from .image_processing_semantic_fpn import ImageFileError, ImageTooLargeError, image_to_tensor, open_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _EXTENSIONS_TEXT = ", ".join(IMAGE_EXTENSIONS)
@@ -128,34 +128,40 @@ def _looks_like_label_map(image: Image.Image, max_values: int = 40) -> bool:
     return len(np.unique(np.asarray(image))) <= max_values
 
 
+def raise_pillow_pixel_limit(max_pixels: int) -> int | None:
+    """Raise Pillow's `MAX_IMAGE_PIXELS` (its warning threshold; twice it, its decompression-bomb refusal) to
+    `max_pixels` when it is lower, so that the command's own limit, named in its messages, decides. Process-wide;
+    returns the previous value, for the caller to restore."""
+    previous = Image.MAX_IMAGE_PIXELS
+    if previous is not None and max_pixels > previous:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    return previous
+
+
 def read_image(path: Path, max_pixels: int) -> torch.Tensor:
     """An image file -> (3, H, W) uint8 RGB tensor (any mode, EXIF orientation applied); `ImageReadError` naming the
     reason when it is not a readable image or holds more than `max_pixels` pixels (checked from the header, before
     decoding). A grey image that looks like a label map gets a note on stderr."""
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                pixels = width * height
-                size = f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
-                raise ImageReadError(
-                    f"{width}x{height} = {size}, above the limit --max-pixels "
-                    f"{max_pixels} (the class scores at full size take num_labels x 4 bytes per pixel); pass a larger "
-                    "--max-pixels to segment it."
-                )
-            image.load()
-            if _looks_like_label_map(image):
-                print(
-                    f"note: {path} looks like a label map (one channel, few distinct values), not a photo; it is "
-                    "segmented as a grey picture.",
-                    file=sys.stderr,
-                )
-            return image_to_tensor(image)
-    except Image.DecompressionBombError as error:
-        raise ImageReadError(f"refused by Pillow's decompression-bomb limit: {error}") from error
-    except UnidentifiedImageError as error:
-        raise ImageReadError("not an image file Pillow can read") from error
-    except (OSError, ValueError, TypeError, SyntaxError) as error:  # truncated data, broken headers, odd modes
+        image = open_image(path, max_pixels=max_pixels)
+    except ImageTooLargeError as error:
+        if error.limit is None:  # Pillow's decompression-bomb limit
+            raise ImageReadError(error.reason) from error
+        raise ImageReadError(
+            f"{error.amount}, above the limit --max-pixels {max_pixels} (the class scores at full size take num_labels x 4 bytes per pixel); pass a larger --max-pixels to "
+            "segment it."
+        ) from error
+    except ImageFileError as error:
+        raise ImageReadError(error.reason) from error
+    if _looks_like_label_map(image):
+        print(
+            f"note: {path} looks like a label map (one channel, few distinct values), not a photo; it is segmented "
+            "as a grey picture.",
+            file=sys.stderr,
+        )
+    try:
+        return image_to_tensor(image)
+    except (ValueError, TypeError) as error:  # modes Pillow cannot convert to RGB
         raise ImageReadError(f"cannot read it: {error}") from error
 
 
@@ -165,5 +171,6 @@ __all__ = [
     "ImageInputError",
     "ImageReadError",
     "collect_image_inputs",
+    "raise_pillow_pixel_limit",
     "read_image",
 ]

@@ -14,6 +14,7 @@ Conventions, chosen to reproduce mmseg's numbers:
 """
 
 import copy
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,32 +42,92 @@ _CHANNEL_LAYOUTS = ("channels_first", "channels_last")
 # ------------------------------------------------------------------------------------------------ input conversion
 
 
-def _open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully read an image file (the file handle is closed on return).
+class ImageFileError(Exception):
+    """An image file that cannot be read. `str(error)` names the file; `reason` says why in a few words without the
+    name, for messages that list files (`name: reason`)."""
 
-    Errors name the file: `FileNotFoundError` (no file), `UnidentifiedImageError` (not an image: empty, text...),
-    `OSError` (truncated or corrupt data), `ValueError` (more pixels than Pillow's decompression-bomb limit, which is
-    `2 * PIL.Image.MAX_IMAGE_PIXELS`; above `MAX_IMAGE_PIXELS` Pillow only warns).
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotAnImageError(ImageFileError, UnidentifiedImageError):
+    """Pillow recognises no image format in the file (empty, text, ...)."""
+
+
+class CorruptImageError(ImageFileError, OSError):
+    """The file is an image whose data is truncated or corrupt."""
+
+
+class ImageTooLargeError(ImageFileError, ValueError):
+    """More pixels than `limit` (the caller's `max_pixels`), or, with `limit` None, than Pillow's
+    decompression-bomb limit. `size` is (width, height) when the header gave it."""
+
+    def __init__(self, message: str, *, reason: str, size: tuple[int, int] | None = None, limit: int | None = None):
+        super().__init__(message, reason=reason)
+        self.size, self.limit = size, limit
+
+    @property
+    def amount(self) -> str:
+        """The image's size for messages, e.g. `6000x5000 = 30.0 megapixels` (empty without a size)."""
+        return "" if self.size is None else _size_text(self.size)
+
+
+def _size_text(size: tuple[int, int]) -> str:
+    pixels = size[0] * size[1]
+    return f"{size[0]}x{size[1]} = " + (f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels")
+
+
+def open_image(
+    source: str | os.PathLike | bytes, name: str | None = None, *, decode: bool = True, max_pixels: int | None = None
+) -> Image.Image:
+    """Open an image file (a path, or its bytes) with errors that name it: the one opener of the package.
+
+    With `decode=True` the pixels are read and the file is closed on return; with `decode=False` only the header is
+    read (the size, the format) and the caller closes the image. `max_pixels` refuses larger images from the header,
+    before decoding. `name` is the file's name in messages (default: the path). Raises `FileNotFoundError`,
+    [`NotAnImageError`] (an `UnidentifiedImageError`), [`CorruptImageError`] (an `OSError`) or [`ImageTooLargeError`]
+    (a `ValueError`: `max_pixels`, or Pillow's decompression-bomb limit of `2 * PIL.Image.MAX_IMAGE_PIXELS`; above
+    `MAX_IMAGE_PIXELS` Pillow only warns).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"No image file at {str(path)!r}.")
+    name = str(source) if name is None and not isinstance(source, bytes) else (name or "image bytes")
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise FileNotFoundError(f"No image file at {name!r}.")
+    image = None
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise _too_large(name, image.size, max_pixels)
+        if decode:
+            with image:
+                image.load()
+        return image
     except UnidentifiedImageError:
-        size = Path(path).stat().st_size
-        raise UnidentifiedImageError(
-            f"{str(path)!r} is not an image file Pillow can read ({'empty file' if size == 0 else f'{size} bytes'})."
-        ) from None
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        what = "empty file" if size == 0 else f"{size} bytes"
+        reason = f"not an image file Pillow can read ({what})"
+        raise NotAnImageError(f"{name!r} is {reason}.", reason=reason) from None
     except Image.DecompressionBombError as error:
-        raise ValueError(
-            f"Image file {str(path)!r} refused by Pillow's decompression-bomb limit: {error} The limit is "
+        raise ImageTooLargeError(
+            f"Image file {name!r} refused by Pillow's decompression-bomb limit: {error} The limit is "
             "2 * PIL.Image.MAX_IMAGE_PIXELS; raise PIL.Image.MAX_IMAGE_PIXELS (or set it to None) to read larger "
-            "images you trust."
+            "images you trust.",
+            reason=f"refused by Pillow's decompression-bomb limit: {error}",
         ) from None
-    except (OSError, SyntaxError) as error:  # truncated data, broken chunks or headers
-        raise OSError(f"Cannot read image file {str(path)!r} (truncated or corrupt): {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:  # truncated data, broken chunks or headers
+        if image is not None:
+            image.close()
+        if isinstance(error, ImageFileError):
+            raise
+        raise CorruptImageError(
+            f"Cannot read image file {name!r} (truncated or corrupt): {error}",
+            reason=f"cannot read it (truncated or corrupt): {error}",
+        ) from error
+
+
+def _too_large(name: str, size: tuple[int, int], limit: int) -> ImageTooLargeError:
+    reason = f"{_size_text(size)}, above the limit of {limit} pixels"
+    return ImageTooLargeError(f"Image file {name!r} is {reason}.", reason=reason, size=size, limit=limit)
 
 
 def _exif_upright(image: Image.Image) -> Image.Image:
@@ -186,7 +247,7 @@ def image_to_tensor(image: Any, convert_rgb: bool = True, input_data_format: str
     """
     layout = _channel_layout(input_data_format, "input_data_format")
     if isinstance(image, (str, os.PathLike)):
-        return torch.from_numpy(_pil_to_uint8_hwc(_open_image(image), convert_rgb)).permute(2, 0, 1)
+        return torch.from_numpy(_pil_to_uint8_hwc(open_image(image), convert_rgb)).permute(2, 0, 1)
     if isinstance(image, Image.Image):
         return torch.from_numpy(_pil_to_uint8_hwc(image, convert_rgb)).permute(2, 0, 1)
     if isinstance(image, np.ndarray):
@@ -244,7 +305,7 @@ def label_to_tensor(label: Any) -> torch.Tensor:
     maps are refused: they are colour-coded masks, not class indices. No EXIF rotation is applied to label maps.
     """
     if isinstance(label, (str, os.PathLike)):
-        label = _open_image(label)
+        label = open_image(label)
     if isinstance(label, Image.Image):
         if label.mode in _COLOUR_LABEL_MODES:
             raise ValueError(
@@ -695,8 +756,13 @@ def _stack_padded(maps: list[torch.Tensor], sizes: list[tuple[int, int]], fill: 
 
 
 __all__ = [
+    "CorruptImageError",
+    "ImageFileError",
+    "ImageTooLargeError",
+    "NotAnImageError",
     "SemanticFPNImageProcessor",
     "SemanticFPNImageProcessorKwargs",
     "image_to_tensor",
     "label_to_tensor",
+    "open_image",
 ]

@@ -37,7 +37,14 @@ import torch
 from PIL import Image
 
 from .atomic import write_file_atomically
-from .image_files import ImageInput, ImageInputError, ImageReadError, collect_image_inputs, read_image
+from .image_files import (
+    ImageInput,
+    ImageInputError,
+    ImageReadError,
+    collect_image_inputs,
+    raise_pillow_pixel_limit,
+    read_image,
+)
 from .inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
 from .model_folders import ModelFolderError, load_model
 from .optimization import retain_freed_memory
@@ -294,9 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_arguments(args, parser)
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    if pillow_limit is not None and args.max_pixels > pillow_limit:
-        Image.MAX_IMAGE_PIXELS = args.max_pixels  # our own limit, named in the message, decides
+    pillow_limit = raise_pillow_pixel_limit(args.max_pixels)
     try:
         return run(args)
     except PredictError as error:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..deployment.dependencies import require
+from ..image_files import raise_pillow_pixel_limit
 from .service import MODES, AppError, SegmentationService
 
 CLASS_TABLE_HEADERS = ["class", "share of pixels (%)", "pixels"]
@@ -106,14 +107,11 @@ def launch_app(
 ):
     """Load `source` once and serve its page: on `host` (default `GRADIO_SERVER_NAME`, else 127.0.0.1) and `port`
     (default `GRADIO_SERVER_PORT`, else 7860). Returns the `gradio.Blocks` (with `block=False`, while it serves)."""
-    from PIL import Image
-
     from .service import DEFAULT_MAX_PIXELS
 
     gr = _gradio()
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # our limit, named in the message, decides; Pillow's bomb check stays 2x
+    raise_pillow_pixel_limit(max_pixels)  # for the server's lifetime
     service = SegmentationService(source, max_pixels=max_pixels, crop_size=crop_size, **service_options)
     if service.load_error:
         print(f"fpn-seg app: {service.load_error}")

@@ -8,7 +8,6 @@
   with its label policy (`label_marks`).
 """
 
-import io
 import os
 import re
 import zipfile
@@ -22,6 +21,7 @@ import PIL.Image
 from datasets import Dataset, Features, Image
 from tqdm.auto import tqdm
 
+from ..image_processing_semantic_fpn import ImageFileError, open_image
 from ..label_policy import LabelPolicy
 from .label_marks import PNG_SIGNATURE, encode_label_png, mark_label_png
 
@@ -208,13 +208,11 @@ class PairRecord:
 
 
 def _open_image(data: bytes | str, name: str, decode: bool) -> PIL.Image.Image:
+    """`open_image`, with its errors as one `ValueError` that names the dataset file."""
     try:
-        image = PIL.Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-        if decode:
-            image.load()
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(f"Cannot read {name}: {type(error).__name__}: {error}") from error
-    return image
+        return open_image(data, name, decode=decode)
+    except ImageFileError as error:
+        raise ValueError(f"Cannot read {name}: {error.reason}") from error
 
 
 def read_label(
