@@ -1,7 +1,7 @@
 """Images a user may hand over by mistake (or not): broken files are refused naming the file, odd modes just work.
 
-Surfaces: `image_to_tensor` / `label_to_tensor`, `SemanticFPNImageProcessor(...)` and `fpn_seg.segment` given file
-paths. (The predict CLI's handling of the same files is in test_predict.py; arrays and tensors in
+Surfaces: `open_image` (the one opener), `image_to_tensor` / `label_to_tensor`, `SemanticFPNImageProcessor(...)` and
+`fpn_seg.segment` given file paths. (The predict CLI's handling of the same files is in test_predict.py; arrays and tensors in
 test_image_processor.py.)
 """
 
@@ -16,7 +16,15 @@ from conftest import tiny_config
 from PIL import Image, UnidentifiedImageError
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor, segment
-from fpn_seg.image_processing_semantic_fpn import image_to_tensor, label_to_tensor
+from fpn_seg.image_processing_semantic_fpn import (
+    CorruptImageError,
+    ImageFileError,
+    ImageTooLargeError,
+    NotAnImageError,
+    image_to_tensor,
+    label_to_tensor,
+    open_image,
+)
 
 SIDE = 9000  # "larger than 8000x8000"
 
@@ -95,6 +103,7 @@ def model_and_processor():
 
 
 READERS = {
+    "open_image": lambda path, model, processor: open_image(path),
     "image_to_tensor": lambda path, model, processor: image_to_tensor(path),
     "label_to_tensor": lambda path, model, processor: label_to_tensor(path),
     "processor": lambda path, model, processor: processor(path),
@@ -112,6 +121,24 @@ def test_bad_image_files_are_refused_naming_the_file(case, reader, tmp_path, mod
     path = make_file(tmp_path)
     with pytest.raises(error, match=re.compile(message, re.S)):
         READERS[reader](path, *model_and_processor)
+
+
+def test_open_image_reads_bytes_headers_and_refuses_above_max_pixels(tmp_path):
+    path = saved(tmp_path / "scene.png", Image.fromarray(scene(30, 40)))
+    header_only = open_image(path.read_bytes(), "scene.png", decode=False)
+    assert header_only.size == (40, 30) and header_only.format == "PNG"
+    header_only.close()
+    np.testing.assert_array_equal(np.asarray(open_image(path)), scene(30, 40))
+    with pytest.raises(ImageTooLargeError, match=r"'scene\.png' is 40x30 = 1200 pixels, above the limit of 1000") as error:
+        open_image(path.read_bytes(), "scene.png", max_pixels=1000)
+    assert (error.value.size, error.value.limit) == ((40, 30), 1000)
+    # Each error is a subclass of what callers catch, and carries a short reason for `name: reason` lists.
+    cases = {truncated_png: (CorruptImageError, OSError), text_named_png: (NotAnImageError, UnidentifiedImageError)}
+    for make_file, (error_type, base) in cases.items():
+        with pytest.raises(error_type) as error:
+            open_image(make_file(tmp_path).read_bytes(), "upload-7")
+        assert isinstance(error.value, ImageFileError) and isinstance(error.value, base)
+        assert "upload-7" in str(error.value) and "upload-7" not in error.value.reason
 
 
 # ------------------------------------------------------------------------------------------------ files that work
