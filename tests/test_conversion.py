@@ -354,7 +354,7 @@ def test_existing_output_folder_needs_overwrite(tmp_path, capsys):
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     argv = ["--checkpoint", str(FIXTURES / f"{name}.pth"), "--preset", FIXTURE_PRESETS[name], "--output-dir", str(out)]
-    assert main(argv) == 1
+    assert main(argv) == 2  # a usage error: nothing was read
     assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
     assert [path.name for path in out.iterdir()] == ["notes.txt"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]

@@ -32,7 +32,7 @@ from fpn_seg.inference import MMSEG_MS_RATIOS
 from fpn_seg.metrics import MeanIoU
 from fpn_seg.optimization import fold_batch_norm
 from fpn_seg.predict import main as predict_main
-from fpn_seg.train import main as train_main
+from fpn_seg.train import run_training
 
 SCENE_SIZE = (48, 96)
 PARITY_TOLERANCE = 1e-4
@@ -119,7 +119,7 @@ def trained(workdir) -> dict:
     height, width = SCENE_SIZE
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same weights in every run (the thread count changes float sums)
-    train_main([
+    run_training([
         "--recipe", "demo", "--data_dir", str(scenes), "--output_dir", str(model_dir), "--max_steps", "200",
         "--crop_size", str(height), str(width), "--scale", str(width), str(height), "--eval_strategy", "no",
         "--backbone_overrides", '{"depth": 18, "stem_channels": 16, "base_channels": 16}',

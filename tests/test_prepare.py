@@ -114,9 +114,10 @@ def test_cli_prints_the_summary_and_reports_errors(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "train" in printed and "Class histogram" in printed and "road" in printed
-    # A second run refuses to overwrite without --overwrite.
-    assert main(["cityscapes", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--splits", "train"]) == 1
-    assert "--overwrite" in capsys.readouterr().err
+    # A second run refuses to overwrite without --overwrite: a usage error (2), in fpn-seg's one-line style.
+    assert main(["cityscapes", str(tmp_path / "src"), "-o", str(tmp_path / "out"), "--splits", "train"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fpn-seg prepare: error: ") and "--overwrite" in error and error.count("\n") == 1
 
 
 def test_a_broken_file_names_it_and_writes_nothing(tmp_path):

@@ -98,4 +98,4 @@ def test_cli(tmp_path, capsys):
     assert len(list(tmp_path.rglob("*_gtFine_labelIds.png"))) == 2
     other = tmp_path / "other"
     (other / "leftImg8bit").mkdir(parents=True)
-    assert main(["--output", str(other)]) == 1
+    assert main(["--output", str(other)]) == 2  # a folder in use: a usage error

@@ -40,9 +40,9 @@ from fpn_seg.train import (
     build_model,
     build_processor,
     convert_to_sync_batch_norm,
-    main,
     parse_arguments,
     resolve_checkpoint,
+    run_training,
 )
 
 # Cityscapes label ids that the synthetic scenes draw for evaluated classes (everything else, ego vehicle and static
@@ -135,7 +135,7 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_train(recipe: Path, data_dir: Path, output_dir: Path, *flags: str) -> dict:
-    return main(["--recipe", str(recipe), "--data_dir", str(data_dir), "--output_dir", str(output_dir), *flags])
+    return run_training(["--recipe", str(recipe), "--data_dir", str(data_dir), "--output_dir", str(output_dir), *flags])
 
 
 # ------------------------------------------------------------------------------------------------ learning
@@ -200,13 +200,14 @@ def test_command_line_prints_user_errors_in_one_line(trained, recipe, scenes, tm
 
     output_dir = trained[0]
     cases = [
-        (["--output_dir", str(output_dir)], "FileExistsError: ", "already holds a model"),
-        (["--output_dir", str(tmp_path / "new"), "--data_dir", str(tmp_path / "nowhere")], "Error: ", "nowhere"),
+        (["--output_dir", str(output_dir)], "already holds a model", "--overwrite_output_dir"),
+        (["--output_dir", str(tmp_path / "new"), "--data_dir", str(tmp_path / "nowhere")], "nowhere", "does not exist"),
     ]
-    for flags, error_type, fragment in cases:
+    for flags, fragment, remedy in cases:
         assert cli_main(["train", "--recipe", str(recipe), "--data_dir", str(scenes), *flags]) == 2
         stderr = capsys.readouterr().err
-        assert stderr.startswith("fpn-seg train: error: ") and error_type in stderr and fragment in stderr, stderr
+        assert stderr.startswith("fpn-seg train: error: ") and fragment in stderr and remedy in stderr, stderr
+        assert stderr.count("\n") == 1, stderr
         assert "Traceback" not in stderr
     assert not (tmp_path / "new" / "model.safetensors").exists()
 

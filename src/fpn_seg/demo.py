@@ -19,7 +19,7 @@ from .data import generate_street_scenes, load_cityscapes
 from .image_processing_semantic_fpn import label_to_tensor
 from .inference import prepare_model, segment
 from .metrics import MeanIoU, format_iou_table
-from .train import main as train_main
+from .train import run_training
 from .visualize import overlay
 
 NUM_OVERLAYS = 6
@@ -28,7 +28,7 @@ NUM_CALIBRATION_IMAGES = 32
 
 def train_demo_model(data_dir: Path, model_dir: Path, extra_arguments: list[str]) -> None:
     arguments = ["--recipe", "demo", "--data_dir", str(data_dir), "--output_dir", str(model_dir)]
-    train_main([*arguments, "--overwrite_output_dir", "true", *extra_arguments])  # the demo owns its folder
+    run_training([*arguments, "--overwrite_output_dir", "true", *extra_arguments])  # the demo owns its folder
 
 
 def evaluate_held_out(model, processor, dataset, bf16: bool = False) -> tuple[dict, list[torch.Tensor]]:

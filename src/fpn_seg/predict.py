@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from .atomic import write_file_atomically
+from .cli import EXIT_DONE, EXIT_FAILED, run_command
 from .image_files import (
     ImageInput,
     ImageInputError,
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
             retain_freed_memory(False)
     elapsed = time.perf_counter() - start
     print(_summary(processed, failures, pixel_counts, config.id2label, elapsed, args.output_dir))
-    return 1 if failures else 0
+    return EXIT_FAILED if failures else EXIT_DONE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,10 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_arguments(args, parser)
     pillow_limit = raise_pillow_pixel_limit(args.max_pixels)
     try:
-        return run(args)
-    except PredictError as error:
-        print(f"fpn-seg predict: error: {error}", file=sys.stderr)
-        return 2
+        return run_command("predict", lambda: run(args), usage=(PredictError,))
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
 

@@ -6,10 +6,10 @@
     python -m fpn_seg.train --recipe ... --output_dir runs/r50 --resume_from_checkpoint last
     python -m fpn_seg.train --recipe ... --model_name_or_path runs/r50 --eval_only --output_dir runs/r50_eval
 
-**Arguments.** The fields of [`ModelArguments`], [`DataArguments`], [`RecipeArguments`] and `TrainingArguments`, as
-flags or in a recipe: a YAML or JSON file, or the name of a built-in one in `fpn_seg/recipes/` (one per mmseg seed
-config). Built-in defaults < recipe < command-line flags. An unknown recipe key is an error naming the key and the
-file.
+**Arguments** (`fpn_seg.train_arguments`). The fields of [`ModelArguments`], [`DataArguments`], [`RecipeArguments`]
+and `TrainingArguments`, as flags or in a recipe: a YAML or JSON file, or the name of a built-in one in
+`fpn_seg/recipes/` (one per mmseg seed config). Built-in defaults < recipe < command-line flags. An unknown recipe
+key is an error naming the key and the file.
 
 **Model.** `--preset` alone trains from scratch; `--preset` with `--backbone_name_or_path` (a folder written by
 `fpn-seg convert --backbone`) starts from ImageNet weights as mmseg does; `--model_name_or_path` fine-tunes (or,
@@ -32,28 +32,26 @@ DDP leaves each process with the statistics of its own last batch.
 `eval_confusion_matrix.json` and `training_curves.png`.
 """
 
-import argparse
 import io
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import PIL.Image
 import torch
-import yaml
 from huggingface_hub.errors import StrictDataclassError
 from datasets import Dataset, DatasetDict, Image
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import set_seed
 from transformers.utils import logging
 
+from .backbone_weights import semantic_fpn_from_pretrained_backbone
+from .cli import run_command
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import SemanticFPNConfig
-from .backbone_weights import semantic_fpn_from_pretrained_backbone
 from .data import (
     EvalTransform,
     TrainTransform,
@@ -65,171 +63,25 @@ from .data import (
 )
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor, label_to_tensor
 from .metrics import make_compute_metrics, save_evaluation_report
-from .trainer import AugmentedTrainDataset, EpochShuffleSampler, SemanticFPNTrainer
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
-from .presets import PRESETS, get_preset, preset_config
+from .presets import get_preset, preset_config
+from .train_arguments import (
+    DataArguments,
+    ModelArguments,
+    RecipeArguments,
+    available_recipes,
+    parse_arguments,
+    read_recipe,
+)
+from .trainer import AugmentedTrainDataset, EpochShuffleSampler, SemanticFPNTrainer
 from .visualize import plot_training_curves
 
 logger = logging.get_logger(__name__)
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
 # Values of --resume_from_checkpoint that mean "the newest complete checkpoint in --output_dir".
 RESUME_FROM_LATEST = ("last", "latest", "true")
 # The file a Trainer checkpoint gets last: a checkpoint folder without it was interrupted while being written.
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
-
-
-@dataclass
-class ModelArguments:
-    """Which model to train: a preset architecture (optionally narrowed), a converted backbone, or a saved model."""
-
-    preset: str | None = field(
-        default=None,
-        metadata={"help": f"mmseg config name, one of {', '.join(PRESETS)}: architecture + label policy."},
-    )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved Semantic FPN folder or hub id to fine-tune (instead of a preset)."}
-    )
-    backbone_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "A converted ImageNet ResNetV1c backbone folder to start from (fpn-seg convert --backbone)."},
-    )
-    config_overrides: str | None = field(
-        default=None, metadata={"help": 'JSON object of SemanticFPNConfig fields, e.g. \'{"neck_channels": 64}\'.'}
-    )
-    backbone_overrides: str | None = field(
-        default=None,
-        metadata={"help": 'JSON object of ResNetV1cConfig fields, e.g. \'{"depth": 18, "norm_eval": true}\'.'},
-    )
-
-
-@dataclass
-class DataArguments:
-    """Where the data is and how it is cropped; defaults come from the preset."""
-
-    dataset: str = field(
-        default="cityscapes",
-        metadata={"help": "cityscapes | ade20k (official folders or zips), folder (a `prepare` output, a "
-                  "`save_to_disk` folder or Parquet files) or hub (a `datasets` repo id)."},
-    )  # fmt: skip
-    data_dir: str | None = field(default=None, metadata={"help": "Dataset root folder (or repo id for `hub`)."})
-    train_split: str = "train"
-    eval_split: str = "validation"
-    image_column: str = "image"
-    label_column: str = "label"
-    crop_size: list[int] | None = field(default=None, metadata={"help": "Training crop (height, width)."})
-    scale: list[int] | None = field(default=None, metadata={"help": "mmseg (long, short) scale; test scale too."})
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-
-
-@dataclass
-class RecipeArguments:
-    """mmseg-specific settings that `TrainingArguments` has no field for."""
-
-    recipe: str | None = field(default=None, metadata={"help": "YAML/JSON recipe file or built-in recipe name."})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (weight decay applies to every parameter)."})
-    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (CUDA + NCCL only)."})
-    eval_only: bool = field(default=False, metadata={"help": "Evaluate the model on the eval split, no training."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train into an output folder that already holds a model (replacing it)."}
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False,
-        metadata={"help": "With --model_name_or_path: start a new classifier when the class count changes."},
-    )
-    plot: bool = field(default=True, metadata={"help": "Write training_curves.png to the output folder."})
-
-
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArguments)
-
-# Settings a segmentation run needs whatever the recipe says: image/label columns must reach the transforms, the
-# metric streams batch by batch, and the label tensor is called "labels".
-FORCED_TRAINING_SETTINGS = {"remove_unused_columns": False, "batch_eval_metrics": True, "label_names": ["labels"]}
-
-
-# ------------------------------------------------------------------------------------------------ arguments
-
-
-def available_recipes() -> list[str]:
-    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
-
-
-def recipe_path(recipe: str) -> Path:
-    """The file of a recipe given as a path or as the name of a built-in recipe."""
-    path = Path(recipe)
-    if path.is_file():
-        return path
-    builtin = RECIPES_DIR / f"{recipe}.yaml"
-    if builtin.is_file():
-        return builtin
-    raise FileNotFoundError(
-        f"Recipe {recipe!r} is neither a file nor a built-in recipe ({', '.join(available_recipes())})."
-    )
-
-
-def read_recipe(recipe: str) -> dict[str, Any]:
-    """The key/value pairs of a recipe file or built-in recipe; unknown keys are an error naming them and the file."""
-    path = recipe_path(recipe)
-    text = path.read_text(encoding="utf-8")
-    try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        language = "JSON" if path.suffix == ".json" else "YAML"
-        raise ValueError(f"Recipe {path} is not valid {language}: {error}") from None
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"Recipe {path} must hold a mapping of argument names to values, got {type(values).__name__}."
-        )
-    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"Recipe {path} has unknown keys: {', '.join(unknown)}. Keys must be fields of ModelArguments, "
-            "DataArguments, RecipeArguments or transformers.TrainingArguments (see `python -m fpn_seg.train --help`)."
-        )
-    if "recipe" in values:
-        raise ValueError(f"Recipe {path}: the key 'recipe' cannot be set inside a recipe.")
-    return values
-
-
-def _typed_recipe_values(parser: argparse.ArgumentParser, values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Recipe values converted as argparse converts flags (YAML reads `1e-4` as a string; flags' types apply)."""
-    actions = {}
-    for action in parser._actions:  # the first action of a field carries its type (`--no_<flag>` ones do not)
-        actions.setdefault(action.dest, action)
-    typed = {}
-    for key, value in values.items():
-        convert = getattr(actions.get(key), "type", None)
-        try:
-            if convert is None or value is None:
-                typed[key] = value
-            elif isinstance(value, list):
-                typed[key] = [convert(item) if isinstance(item, str) else item for item in value]
-            else:
-                typed[key] = convert(value) if isinstance(value, str) else value
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"Recipe {source}: {key}={value!r} is not a valid value ({error}).") from None
-    return typed
-
-
-def parse_arguments(
-    argv: Sequence[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, RecipeArguments, TrainingArguments]:
-    """(model, data, recipe, training) arguments: built-in defaults < recipe file < command-line flags."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES, prog="fpn-seg train")
-    recipe_finder = argparse.ArgumentParser(add_help=False)
-    recipe_finder.add_argument("--recipe")
-    recipe = recipe_finder.parse_known_args(argv)[0].recipe
-    if recipe:
-        parser.set_defaults(**_typed_recipe_values(parser, read_recipe(recipe), str(recipe_path(recipe))))
-    model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    for key, value in FORCED_TRAINING_SETTINGS.items():
-        setattr(training_args, key, value)
-    if training_args.ddp_find_unused_parameters is None:
-        training_args.ddp_find_unused_parameters = False  # every parameter gets a gradient: skip DDP's extra pass
-    return model_args, data_args, recipe_args, training_args
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -437,13 +289,12 @@ def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> str 
     return str(path)
 
 
-
-
 # ------------------------------------------------------------------------------------------------ main
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    """Train (and/or evaluate) as the arguments say; returns the final evaluation metrics (`{}` without eval split)."""
+def run_training(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Train (and/or evaluate) as the arguments say; returns the final evaluation metrics (`{}` without eval split).
+    Errors raise; [`main`] is the command line around it."""
     model_args, data_args, recipe_args, training_args = parse_arguments(argv)
     set_seed(training_args.seed)
     checkpoint = None
@@ -523,16 +374,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     return results
 
 
-def command_line(argv: Sequence[str] | None = None) -> int:
-    """`fpn-seg train` / `python -m fpn_seg.train`: [`main`], with the errors a user can fix (bad arguments, recipe,
-    data or output folder) printed as one line instead of a traceback; returns the exit status (0, or 2)."""
-    try:
-        main(argv)
-    except (ValueError, KeyError, OSError, StrictDataclassError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"fpn-seg train: error: {type(error).__name__}: {message}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    """`fpn-seg train` / `python -m fpn_seg.train`: [`run_training`]; returns the exit status. Everything a user can
+    fix (arguments, recipe, data, output folder) is checked before training starts, so those errors are usage errors
+    (2), printed as one line instead of a traceback."""
+
+    def work() -> None:
+        run_training(argv)
+
+    return run_command("train", work, usage=(ValueError, KeyError, OSError, StrictDataclassError))
 
 
 __all__ = [
@@ -548,14 +398,14 @@ __all__ = [
     "check_eval_batch_size",
     "check_training_output_dir",
     "check_first_batch_labels",
-    "command_line",
     "convert_to_sync_batch_norm",
     "load_training_data",
     "main",
     "parse_arguments",
     "read_recipe",
     "resolve_checkpoint",
+    "run_training",
 ]
 
 if __name__ == "__main__":
-    sys.exit(command_line())
+    sys.exit(main())

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import run_command
 from ..image_files import ImageInputError, collect_image_inputs
 
 NUM_DEMO_EXAMPLES = 4
@@ -46,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1; got {args.concurrency}.")
-    try:
+
+    def work() -> None:
         examples = (
             [item.path for item in collect_image_inputs(args.examples, argument="--examples")]
             if args.examples else default_examples(args.model)
@@ -57,17 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder = write_space(args.model, args.write_space, examples, concurrency=args.concurrency,
                                  overwrite=args.overwrite)  # fmt: skip
             print(f"Wrote the Space folder {folder}: push it to a Gradio Space (huggingface-cli upload ...).")
-            return 0
+            return
         from .ui import launch_app
 
-        launch_app(args.model, host=args.host, port=args.port, examples=examples, concurrency=args.concurrency,
-                   max_pixels=args.max_pixels, crop_size=args.crop_size, trust_remote_code=args.trust_remote_code)  # fmt: skip
-    except (ImageInputError, ImportError, ValueError, FileExistsError) as error:
-        print(f"fpn-seg app: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0
+        try:
+            launch_app(args.model, host=args.host, port=args.port, examples=examples, concurrency=args.concurrency,
+                       max_pixels=args.max_pixels, crop_size=args.crop_size, trust_remote_code=args.trust_remote_code)  # fmt: skip
+        except KeyboardInterrupt:  # Ctrl-C ends the server
+            pass
+
+    return run_command("app", work, usage=(ImageInputError, ValueError))
 
 
 __all__ = ["build_parser", "default_examples", "main"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..atomic import atomic_output_dir, check_output_dir
 from ..backbone_weights import CheckpointMismatchError
+from ..cli import run_command
 from ..presets import PRESETS, get_preset, preset_processor
 from .checkpoints import (
     OFFICIAL_WIDTHS,
@@ -41,6 +42,7 @@ from .model_cards import BACKBONE_CARD, ConversionReport, render_model_card
 from .model_zoo import (
     IMAGENET_BACKBONES,
     OFFICIAL_CHECKPOINTS,
+    ConversionArgumentError,
     ConversionError,
     OutputExistsError,
     fetch_verified,
@@ -77,10 +79,12 @@ def convert_semantic_fpn(
     check_output_dir(output_dir.absolute(), overwrite, refuse=OutputExistsError)
     official = get_official_checkpoint(model) if model is not None else None
     if official is not None and preset not in (None, official.preset):
-        raise ConversionError(f"--model {model} is preset {official.preset!r}, not --preset {preset!r}.")
+        raise ConversionArgumentError(f"--model {model} is preset {official.preset!r}, not --preset {preset!r}.")
     preset = official.preset if official is not None else preset
     if preset is None:
-        raise ConversionError(f"Give --model NAME, or --checkpoint with --preset NAME (one of: {', '.join(PRESETS)}).")
+        raise ConversionArgumentError(
+            f"Give --model NAME, or --checkpoint with --preset NAME (one of: {', '.join(PRESETS)})."
+        )
     preset_info = get_preset(preset)  # an unknown name is refused before any download
     path, sha256, expected_prefix = fetch_verified(checkpoint, official)
     loaded = load_checkpoint(path)
@@ -133,10 +137,14 @@ def convert_imagenet_backbone(
     known = get_imagenet_backbone(backbone) if backbone is not None else None
     if known is not None:
         if depth is not None and depth != known.depth:
-            raise ConversionError(f"--backbone {backbone} is ResNet-{known.depth}, not --backbone-depth {depth}.")
+            raise ConversionArgumentError(
+                f"--backbone {backbone} is ResNet-{known.depth}, not --backbone-depth {depth}."
+            )
         depth = known.depth
     elif checkpoint is None:
-        raise ConversionError("Backbone mode needs --backbone NAME or --checkpoint PATH (with --backbone-depth).")
+        raise ConversionArgumentError(
+            "Backbone mode needs --backbone NAME or --checkpoint PATH (with --backbone-depth)."
+        )
     path, sha256, expected_prefix = fetch_verified(checkpoint, known)
     loaded = load_checkpoint(path)
     keys = {key.removeprefix("backbone."): value for key, value in loaded.state_dict.items()}
@@ -242,15 +250,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point (`fpn-seg-convert`); returns 0 on success, 1 when the conversion was refused."""
+    """`fpn-seg convert`; returns the exit status: 0 written, 1 the checkpoint was refused (checksum, keys, shapes,
+    verification), 2 the arguments cannot be used (an unknown name, a missing file, an output folder that exists)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        _run(args, parser)
-    except (ConversionError, CheckpointMismatchError) as error:
-        print(f"fpn-seg-convert: refused: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(
+        "convert", lambda: _run(args, parser), usage=(ConversionArgumentError,),
+        failed=(ConversionError, CheckpointMismatchError),
+    )  # fmt: skip
 
 
 __all__ = [

@@ -109,19 +109,26 @@ def get_official_checkpoint(name: str) -> OfficialCheckpoint:
         if name in (row.preset, row.mmseg_v1_config):
             return row
     known = ", ".join(OFFICIAL_CHECKPOINTS)
-    raise ConversionError(f"--model {name!r} is not one of the sem_fpn model-zoo checkpoints: {known}.")
+    raise ConversionArgumentError(f"--model {name!r} is not one of the sem_fpn model-zoo checkpoints: {known}.")
 
 
 def get_imagenet_backbone(name: str) -> ImageNetBackbone:
     """`resnet50_v1c` / `resnet101_v1c`, also written `open-mmlab://resnet50_v1c` as in mmseg configs."""
     key = name.removeprefix("open-mmlab://")
     if key not in IMAGENET_BACKBONES:
-        raise ConversionError(f"--backbone {name!r} is not known; expected one of {', '.join(IMAGENET_BACKBONES)}.")
+        raise ConversionArgumentError(
+            f"--backbone {name!r} is not known; expected one of {', '.join(IMAGENET_BACKBONES)}."
+        )
     return IMAGENET_BACKBONES[key]
 
 
 class ConversionError(ValueError):
     """The conversion was refused; the message says which input is wrong and what was expected."""
+
+
+class ConversionArgumentError(ConversionError):
+    """The arguments cannot be used as given (an unknown name, a missing file, options that clash), found before any
+    file is read: a usage error of `fpn-seg convert`."""
 
 
 class UnsafeCheckpointError(ConversionError):
@@ -132,7 +139,7 @@ class ChecksumError(ConversionError):
     """The file's sha256 does not start with the prefix that its name (or the model zoo) promises."""
 
 
-class OutputExistsError(ConversionError):
+class OutputExistsError(ConversionArgumentError):
     """The output folder exists and is not empty, and overwriting was not asked for."""
 
 
@@ -173,7 +180,7 @@ def fetch_checkpoint(path_or_url: str | os.PathLike, cache_dir: str | os.PathLik
     if not _is_url(str(path_or_url)):
         path = Path(path_or_url).expanduser()
         if not path.is_file():
-            raise ConversionError(f"--checkpoint {str(path_or_url)!r}: no such file.")
+            raise ConversionArgumentError(f"--checkpoint {str(path_or_url)!r}: no such file.")
         return path
     url = str(path_or_url)
     cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
@@ -205,6 +212,7 @@ __all__ = [
     "IMAGENET_BACKBONES",
     "OFFICIAL_CHECKPOINTS",
     "ChecksumError",
+    "ConversionArgumentError",
     "ConversionError",
     "ImageNetBackbone",
     "OfficialCheckpoint",

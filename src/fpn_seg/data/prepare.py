@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from datasets import DatasetDict, load_dataset
 
 from ..atomic import replace_directory, temporary_sibling
+from ..cli import UsageError, run_command
 from ..label_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES
 from .ade20k import SPLIT_FOLDERS as ADE20K_SPLIT_FOLDERS
 from .ade20k import SPLIT_KEYS as ADE20K_SPLIT_KEYS
@@ -180,7 +181,7 @@ def _prepare(
     output_dir = Path(output_dir)
     if (output_dir / "data").exists() and not overwrite:
         raise FileExistsError(
-            f"prepare: {output_dir / 'data'} exists; pass overwrite=True (--overwrite) to replace it."
+            f"{output_dir / 'data'} exists; pass overwrite=True (--overwrite) to replace it."
         )
     source = DataSource(sources)
     planned = [(key, *pairs_of_split(source, split)) for split, key in splits]  # every split's pairs checked first
@@ -230,9 +231,7 @@ def prepare_cityscapes(
     """Cityscapes folder or zips -> `output_dir/data/*.parquet` (labels as train ids). See the module docstring."""
     for split in splits:
         if split not in CITYSCAPES_SPLIT_FOLDERS:
-            raise ValueError(
-                f"prepare: unknown Cityscapes split {split!r}; expected {sorted(CITYSCAPES_SPLIT_FOLDERS)}."
-            )
+            raise UsageError(f"unknown Cityscapes split {split!r}; expected {sorted(CITYSCAPES_SPLIT_FOLDERS)}.")
     keys = [(split, CITYSCAPES_SPLIT_KEYS[CITYSCAPES_SPLIT_FOLDERS[split]]) for split in splits]
     return _prepare(
         "cityscapes",
@@ -262,7 +261,7 @@ def prepare_ade20k(
     """ADE20K folder or zip -> `output_dir/data/*.parquet` (raw annotations). See the module docstring."""
     for split in splits:
         if split not in ADE20K_SPLIT_FOLDERS:
-            raise ValueError(f"prepare: unknown ADE20K split {split!r}; expected {sorted(ADE20K_SPLIT_FOLDERS)}.")
+            raise UsageError(f"unknown ADE20K split {split!r}; expected {sorted(ADE20K_SPLIT_FOLDERS)}.")
     keys = [(split, ADE20K_SPLIT_KEYS[ADE20K_SPLIT_FOLDERS[split]]) for split in splits]
     return _prepare(
         "ade20k",
@@ -313,16 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         options["rows_per_shard"] = args.rows_per_shard
     if args.splits:
         options["splits"] = args.splits
-    try:
+
+    def work() -> None:
         if args.dataset == "cityscapes":
             summary = prepare_cityscapes(args.sources, args.output_dir, label_type=args.label_type, **options)
         else:
             summary = prepare_ade20k(args.sources, args.output_dir, **options)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"prepare: error: {error}", file=sys.stderr)
-        return 1
-    print(summary.format())
-    return 0
+        print(summary.format())
+
+    # Missing sources, an existing output and unknown splits are usage errors; invalid files (ValueError) failures.
+    return run_command("prepare", work, failed=(ValueError,))
 
 
 __all__ = [

@@ -31,6 +31,8 @@ import numpy as np
 import PIL.Image
 from tqdm.auto import tqdm
 
+from ..cli import run_command
+
 # Cityscapes label ids drawn by the generator.
 EGO_VEHICLE, STATIC, ROAD, SIDEWALK, BUILDING, POLE, VEGETATION, TERRAIN, SKY, PERSON, CAR = (
     1, 4, 7, 8, 11, 17, 21, 22, 23, 24, 26,
@@ -444,18 +446,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace scenes generated with other parameters")
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> None:
         root = generate_street_scenes(
             args.output, args.num_train, args.num_val, (args.height, args.width), args.seed,
             overwrite=args.overwrite, progress=True,
         )  # fmt: skip
-    except (ValueError, FileExistsError) as error:
-        print(f"synthetic: error: {error}", file=sys.stderr)
-        return 1
-    print(
-        f"Synthetic street scenes ({args.num_train} train, {args.num_val} val, {args.height}x{args.width}) in {root}"
-    )
-    return 0
+        size = f"{args.height}x{args.width}"
+        print(f"Synthetic street scenes ({args.num_train} train, {args.num_val} val, {size}) in {root}")
+
+    return run_command("synthetic", work, usage=(ValueError,))  # sizes, counts, an output folder in use
 
 
 __all__ = ["SPLIT_CITIES", "SYNTHETIC_LABEL_IDS", "generate_street_scenes", "main", "render_street_scene"]

@@ -31,6 +31,7 @@ from torch import nn
 from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME
 
 from ..atomic import atomic_output_dir, check_output_dir
+from ..cli import run_command
 from ..image_files import ImageInputError, ImageReadError, collect_image_inputs, read_image
 from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
 from ..model_folders import ModelFolderError, load_model
@@ -319,7 +320,8 @@ def build_parser(prog: str = "fpn-seg export") -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`fpn-seg export` (also `python -m fpn_seg.deployment.export`); returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def work() -> None:
         report = export_onnx(
             args.model,
             args.output_dir,
@@ -330,14 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             trust_remote_code=args.trust_remote_code,
         )
-    except (ExportError, ImportError) as error:
-        print(f"fpn-seg export: error: {error}", file=sys.stderr)
-        return 2
-    except ExportCheckError as error:
-        print(f"fpn-seg export: error: {error}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0
+        print(report.summary())
+
+    return run_command("export", work, usage=(ExportError,), failed=(ExportCheckError,))
 
 
 __all__ = [
