@@ -63,13 +63,18 @@ def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], None]
         raise
 
 
+def _hidden_folder(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new empty folder `.<prefix><random><suffix>` in `parent`, with the permissions of an ordinary folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{prefix}", suffix=suffix, dir=parent))
+    _ordinary_permissions(folder)
+    return folder
+
+
 def temporary_sibling(target: str | os.PathLike, suffix: str = ".partial") -> Path:
     """A new empty hidden folder `.<name>.<random><suffix>` next to `target` (its parents created)."""
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
-    _ordinary_permissions(folder)
-    return folder
+    return _hidden_folder(target.parent, f"{target.name}.", suffix)
 
 
 def replace_directory(new: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -83,7 +88,7 @@ def replace_directory(new: str | os.PathLike, target: str | os.PathLike) -> None
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a folder; it was not replaced.")
     if target.is_dir() and any(target.iterdir()):
-        previous = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".previous", dir=target.parent))
+        previous = _hidden_folder(target.parent, f"{target.name}.", ".previous")
         os.replace(target, previous)  # `previous` is an empty folder: replaced by the old content
         os.replace(new, target)
         shutil.rmtree(previous)
@@ -176,7 +181,7 @@ def save_folder_atomically(
         raise NotADirectoryError(f"save_pretrained: {target} is a file; expected a folder (created when missing).")
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
-    staging = _hidden_folder(target, "saving")
+    staging = _hidden_folder(target, "saving-")
     try:
         result = save(str(staging))
         new_names = sorted(path.name for path in staging.iterdir())
@@ -195,13 +200,6 @@ def save_folder_atomically(
     return result
 
 
-def _hidden_folder(target: Path, role: str) -> Path:
-    """A new empty folder `.<role>-<random>` inside `target`, with the permissions of an ordinary folder."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=target))
-    _ordinary_permissions(folder)
-    return folder
-
-
 def _move_in(staging: Path, target: Path, new_names: list[str], commit_file: str, retire: re.Pattern | None) -> None:
     """Steps 2 to 4 of `save_folder_atomically`: retire the replaced files, move the new ones in, commit last."""
     replaced = [
@@ -214,7 +212,7 @@ def _move_in(staging: Path, target: Path, new_names: list[str], commit_file: str
         for path in target.iterdir()
         if retire is not None and path.name not in replaced and path.is_file() and retire.fullmatch(path.name)
     )
-    previous = _hidden_folder(target, "previous") if replaced else None
+    previous = _hidden_folder(target, "previous-") if replaced else None
     moved_in: list[str] = []
     try:
         for name in replaced:

@@ -148,8 +148,8 @@ def read_image(path: Path, max_pixels: int) -> torch.Tensor:
         if error.limit is None:  # Pillow's decompression-bomb limit
             raise ImageReadError(error.reason) from error
         raise ImageReadError(
-            f"{error.amount}, above the limit --max-pixels {max_pixels} (the class scores at full size take num_labels x 4 bytes per pixel); pass a larger --max-pixels to "
-            "segment it."
+            f"{error.amount}, above the limit --max-pixels {max_pixels} (the class scores at full size take "
+            "num_labels x 4 bytes per pixel); pass a larger --max-pixels to segment it."
         ) from error
     except ImageFileError as error:
         raise ImageReadError(error.reason) from error

@@ -256,7 +256,9 @@ def image_to_tensor(image: Any, convert_rgb: bool = True, input_data_format: str
     if isinstance(image, torch.Tensor):
         if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3 and layout != "channels_last":
             if 0 in image.shape:
-                raise ValueError(f"torch image of shape {tuple(image.shape)} is empty; an image needs at least one pixel.")
+                raise ValueError(
+                    f"torch image of shape {tuple(image.shape)} is empty; an image needs at least one pixel."
+                )
             return image.cpu()
         array = image.detach().cpu()
         array = (array.float() if array.dtype in (torch.bfloat16, torch.float16) else array).numpy()
@@ -473,7 +475,9 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         _refuse_not_applicable(kwargs, type(self).__name__)
         for name in self._call_options:
             if kwargs.pop(name, None) is not None:
-                raise TypeError(f"{type(self).__name__}: {name} is an option of a call (preprocess), not of the processor.")
+                raise TypeError(
+                    f"{type(self).__name__}: {name} is an option of a call (preprocess), not of the processor."
+                )
         super().__init__(**kwargs)
         for name in self._options:  # an explicit None is kept (it switches the step off); unset ones get the default
             setattr(self, name, options[name] if name in options else copy.deepcopy(getattr(type(self), name)))
@@ -484,7 +488,9 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         name = type(self).__name__
         if self.scale is not None:
             if len(self.scale) != 2 or min(int(side) for side in self.scale) <= 0:
-                raise ValueError(f"{name}: scale must be two positive sizes (long side, short side); got {self.scale!r}.")
+                raise ValueError(
+                    f"{name}: scale must be two positive sizes (long side, short side); got {self.scale!r}."
+                )
             self.scale = [int(self.scale[0]), int(self.scale[1])]
         elif self.do_resize:
             raise ValueError(f"{name}: do_resize needs a scale (long side, short side).")
@@ -671,7 +677,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         """Resize + normalise each image: `{"pixel_values": [...]}` per image, or, when `stacked`, one (B, C, H, W)
         tensor written in place (images of different sizes padded with zeros, plus their `pixel_mask`)."""
         if not stacked:
-            return {"pixel_values": [self.normalize_image(self.resize_image(image, size)) for image, size in zip(images, sizes)]}
+            resized = [self.resize_image(image, size) for image, size in zip(images, sizes)]
+            return {"pixel_values": [self.normalize_image(image) for image in resized]}
         height, width = max(size[0] for size in sizes), max(size[1] for size in sizes)
         padded = any(tuple(size) != (height, width) for size in sizes)
         batch = (torch.zeros if padded else torch.empty)((len(images), images[0].shape[0], height, width))
@@ -683,7 +690,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
                 self.normalize_image(resized, out=batch[index])
         if not padded:
             return {"pixel_values": batch}
-        return {"pixel_values": batch, "pixel_mask": _stack_padded([torch.ones(size, dtype=torch.int64) for size in sizes], sizes, 0)}
+        masks = [torch.ones(size, dtype=torch.int64) for size in sizes]
+        return {"pixel_values": batch, "pixel_mask": _stack_padded(masks, sizes, 0)}
 
     def _labels(self, segmentation_maps, images: list[torch.Tensor], sizes: list[tuple[int, int]]):
         """Read, check, encode and resize the segmentation maps: a list of (H_i, W_i) int64 tensors."""
@@ -735,7 +743,9 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
                     image_logits = F.interpolate(image_logits, size=target_size, mode="bilinear", align_corners=False)
             scores = image_logits[0]  # (N, H, W)
             results.append(
-                SemanticSegmentationPostProcessorOutput(data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores})
+                SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
+                )
                 if return_segmentation_scores
                 else scores.argmax(dim=0)
             )

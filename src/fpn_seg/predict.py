@@ -179,7 +179,9 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
 
 def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.int8 and not args.onnx:
-        parser.error("--int8 runs the int8 model of an ONNX folder: add --onnx (export one with fpn-seg export --int8).")
+        parser.error(
+            "--int8 runs the int8 model of an ONNX folder: add --onnx (export one with fpn-seg export --int8)."
+        )
     if args.onnx:
         torch_only = [flag for flag, given in (("--bf16", args.bf16), ("--no-optimize", args.no_optimize),
                                                ("--device", args.device is not None)) if given]  # fmt: skip

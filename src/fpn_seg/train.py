@@ -104,7 +104,9 @@ def _json_object(value: str | dict | None, flag: str) -> dict[str, Any]:
     return parsed
 
 
-def build_model(model_args: ModelArguments, ignore_mismatched_sizes: bool = False) -> SemanticFPNForSemanticSegmentation:
+def build_model(
+    model_args: ModelArguments, ignore_mismatched_sizes: bool = False
+) -> SemanticFPNForSemanticSegmentation:
     """A saved model, a preset on a converted ImageNet backbone, or a preset from scratch (+ overrides)."""
     config_overrides = _json_object(model_args.config_overrides, "config_overrides")
     backbone_overrides = _json_object(model_args.backbone_overrides, "backbone_overrides")

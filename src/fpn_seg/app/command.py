@@ -63,8 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .ui import launch_app
 
         try:
-            launch_app(args.model, host=args.host, port=args.port, examples=examples, concurrency=args.concurrency,
-                       max_pixels=args.max_pixels, crop_size=args.crop_size, trust_remote_code=args.trust_remote_code)  # fmt: skip
+            launch_app(
+                args.model, host=args.host, port=args.port, examples=examples, concurrency=args.concurrency,
+                max_pixels=args.max_pixels, crop_size=args.crop_size, trust_remote_code=args.trust_remote_code,
+            )  # fmt: skip
         except KeyboardInterrupt:  # Ctrl-C ends the server
             pass
 

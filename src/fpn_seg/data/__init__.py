@@ -9,8 +9,8 @@
 - [`TrainTransform`] / [`EvalTransform`]: mmseg's training recipe and the test-time path, for `with_transform`.
 - [`generate_street_scenes`] (`python -m fpn_seg.data.synthetic`): a small synthetic Cityscapes-layout dataset.
 
-Labels written by these loaders carry their label policy (a `fpn_seg.LabelPolicy`, see `label_marks`); the transforms refuse a
-processor whose policy differs, so a policy is never applied twice or forgotten silently.
+Labels written by these loaders carry their label policy (a `fpn_seg.LabelPolicy`, see `label_marks`); the
+transforms refuse a processor whose policy differs, so a policy is never applied twice or forgotten silently.
 """
 
 from .ade20k import ADE20K_RAW_POLICY, load_ade20k

@@ -12,8 +12,8 @@ Layout::
 applied once, by the processor, because the ADE20K presets set `reduce_labels=True` (as transformers' ADE20K models
 and evaluate's `mean_iou(reduce_labels=True)` expect raw annotations too). To make "applied twice" and "never
 applied" impossible to miss, each stored label carries the mark "raw ADE20K annotations, needs reduce_labels=True"
-(a `fpn_seg.LabelPolicy`, see `fpn_seg.data.label_marks`); the training and evaluation transforms refuse a processor whose
-`do_reduce_labels` is off (or that has a `label_map`). Labels reduced by hand and re-saved lose the mark.
+(a `fpn_seg.LabelPolicy`, see `fpn_seg.data.label_marks`); the training and evaluation transforms refuse a
+processor whose `do_reduce_labels` is off (or that has a `label_map`). Labels reduced by hand and re-saved lose the mark.
 
 DatasetDict keys follow the Hub's split names: `train` (folder `training`) and `validation`.
 """

@@ -11,8 +11,9 @@ files it was read from. `*_labelTrainIds.png` files are stored as they are; `*_l
 mapped with the `cityscapesscripts` table below (label ids without a train id -> 255) and re-encoded when loading.
 Converting once, at load time, is the safer choice: the stored labels then mean the same thing as mmseg's inputs and
 as the Cityscapes presets expect (`label_map=None`, `reduce_labels=False`), and no later step can forget the mapping.
-Each stored label carries the mark "Cityscapes train ids" (a `fpn_seg.LabelPolicy`, see `fpn_seg.data.label_marks`), so a processor
-with a `label_map` or `reduce_labels` (which would map train ids a second time) is refused by the transforms.
+Each stored label carries the mark "Cityscapes train ids" (a `fpn_seg.LabelPolicy`, see `fpn_seg.data.label_marks`),
+so a processor with a `label_map` or `reduce_labels` (which would map train ids a second time) is refused by the
+transforms.
 (Models that read raw label ids instead can use `config.label_map = cityscapes_label_map()`.)
 
 DatasetDict keys follow the Hub's split names: `train`, `validation`, `test` (`splits` accepts `val` or
