@@ -209,7 +209,7 @@ def build_semantic_fpn(state_dict: Mapping[str, torch.Tensor], config: SemanticF
     return _materialise(model, convert_mmseg_state_dict(state_dict, model, source=source))
 
 
-def build_backbone(state_dict: Mapping[str, torch.Tensor], config: ResNetV1cConfig, source: str):
+def build_imagenet_backbone(state_dict: Mapping[str, torch.Tensor], config: ResNetV1cConfig, source: str):
     """A [`ResNetV1cBackbone`] holding an ImageNet ResNetV1c state dict (`fc.*` dropped), mapped strictly."""
     with torch.device("meta"):
         backbone = ResNetV1cBackbone(config)
@@ -220,7 +220,7 @@ __all__ = [
     "OFFICIAL_WIDTHS",
     "MMSegCheckpoint",
     "architecture_widths",
-    "build_backbone",
+    "build_imagenet_backbone",
     "build_semantic_fpn",
     "check_class_names",
     "infer_backbone_config",

@@ -31,7 +31,7 @@ from ..presets import PRESETS, get_preset, preset_processor
 from .checkpoints import (
     OFFICIAL_WIDTHS,
     architecture_widths,
-    build_backbone,
+    build_imagenet_backbone,
     build_semantic_fpn,
     check_class_names,
     infer_backbone_config,
@@ -149,7 +149,7 @@ def convert_imagenet_backbone(
     loaded = load_checkpoint(path)
     keys = {key.removeprefix("backbone."): value for key, value in loaded.state_dict.items()}
     config = infer_backbone_config(keys, "", depth, source=str(path))
-    network = build_backbone(loaded.state_dict, config, source=str(path))
+    network = build_imagenet_backbone(loaded.state_dict, config, source=str(path))
     source = str(checkpoint if checkpoint is not None else known.url)
     report = ConversionReport(output_dir, source, sha256, expected_prefix, num_tensors=len(network.state_dict()))
     example = next((name for name, item in PRESETS.items() if item.depth == config.depth), next(iter(PRESETS)))
