@@ -352,6 +352,11 @@ def test_resume_checkpoint_resolution(tmp_path):
 # ------------------------------------------------------------------------------------------------ arguments
 
 
+def test_a_model_needs_a_preset_or_a_saved_model():
+    with pytest.raises(ValueError, match=r"Give --preset \(one of fpn_r50_512x1024_80k_cityscapes, .*\) or --model"):
+        build_model(ModelArguments())
+
+
 @pytest.mark.parametrize("language", ["yaml", "json"])
 def test_recipe_values_and_command_line_overrides(language, tmp_path):
     recipe = tmp_path / f"tiny.{language}"

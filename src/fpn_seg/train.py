@@ -64,7 +64,7 @@ from .data import (
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor, label_to_tensor
 from .metrics import make_compute_metrics, save_evaluation_report
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
-from .presets import get_preset, preset_config
+from .presets import PRESETS, get_preset, preset_config
 from .train_arguments import (
     DataArguments,
     ModelArguments,
