@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import FIXTURES, load_reference, run_without_fpn_seg
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoBackbone, AutoConfig
 
 from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig, SemanticFPNForSemanticSegmentation
@@ -432,6 +433,15 @@ def test_backbone_mode_and_training_start(tmp_path, capsys):
     message = r"wrong shape for layer1.0.conv1.weight: checkpoint \(16, 16, 1, 1\), model \(8, 8, 1, 1\)"
     with pytest.raises(CheckpointMismatchError, match=message):
         load_pretrained_backbone(narrower, out)
+
+    # A folder whose weights lack a tensor (or hold an extra one) is refused too: `from_pretrained` alone would
+    # initialise the missing tensor at random and only warn.
+    weights = load_file(out / "model.safetensors")
+    weights["extra.weight"] = weights.pop("layer1.0.bn1.running_var")
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    message = r"missing keys \(1\): layer1.0.bn1.running_var.*unexpected keys \(1\): extra.weight"
+    with pytest.raises(CheckpointMismatchError, match=re.compile(message, re.S)):
+        semantic_fpn_from_pretrained_backbone(out, preset="fpn_r50_512x1024_80k_cityscapes")
 
 
 def test_backbone_mode_refusals(tmp_path, capsys):

@@ -53,9 +53,12 @@ def load_pretrained_backbone(model: SemanticFPNForSemanticSegmentation, folder: 
     folder = Path(folder)
     if not (folder / SAFE_WEIGHTS_NAME).is_file():
         raise ValueError(f"{folder}: no {SAFE_WEIGHTS_NAME}; expected a backbone folder (fpn-seg convert --backbone).")
-    backbone_class = type(model.backbone)
-    pretrained = backbone_class.from_pretrained(str(folder)).state_dict()
-    check_state_dict_fits(pretrained, model.backbone.state_dict(), source=f"backbone folder {folder}")
+    source = f"backbone folder {folder}"
+    loaded, report = type(model.backbone).from_pretrained(str(folder), output_loading_info=True)
+    if report["missing_keys"] or report["unexpected_keys"]:  # from_pretrained only warns, and initialises the missing
+        raise CheckpointMismatchError(report["missing_keys"], report["unexpected_keys"], source=source)
+    pretrained = loaded.state_dict()
+    check_state_dict_fits(pretrained, model.backbone.state_dict(), source=source)
     model.backbone.load_state_dict(pretrained, strict=True)
 
 
