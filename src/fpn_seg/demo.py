@@ -16,6 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, p
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from .data import generate_street_scenes, load_cityscapes
+from .deployment.runtime import is_onnx_folder
 from .image_processing_semantic_fpn import label_to_tensor
 from .inference import prepare_model, segment
 from .metrics import MeanIoU, format_iou_table
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  model folder     {model_dir}  (AutoModelForSemanticSegmentation / pipeline load it)")
     print(f"  training curve   {model_dir / 'training_curves.png'}")
     print(f"  overlays         {overlay_dir}/held_out_*.png")
-    if (onnx_dir / "model.onnx").is_file():
+    if is_onnx_folder(onnx_dir):
         print(f"  ONNX folder      {onnx_dir}  (fpn-seg predict {onnx_dir} IMAGES --onnx [--int8])")
     print(f"  a held-out scene {args.output_dir / 'street.png'}  (the README's snippets use it)")
     print(f"  web page         fpn-seg app {model_dir}  (http://127.0.0.1:7860)")

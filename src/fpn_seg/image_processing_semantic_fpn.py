@@ -732,6 +732,7 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
                 "(height, width) per image."
             )
         results = []
+        image_sizes = image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else image_sizes  # one sync
         for index, image_logits in enumerate(logits):
             if image_sizes is not None:
                 height, width = (int(side) for side in image_sizes[index])

@@ -8,6 +8,7 @@ from typing import Literal
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import SemanticFPNConfig
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor
+from .label_policy import LabelPolicy
 from .label_sets import DATASET_CLASSES
 
 
@@ -69,7 +70,8 @@ def preset_processor(name: str, **kwargs) -> SemanticFPNImageProcessor:
     """The test scale and label policy of one of the seed models, e.g. `"fpn_r50_512x512_160k_ade20k"` -> scale
     (2048, 512), `do_reduce_labels=True`; `kwargs` override options."""
     preset = get_preset(name)
-    return SemanticFPNImageProcessor(**{"scale": preset.test_scale, "do_reduce_labels": preset.reduce_labels, **kwargs})
+    policy = LabelPolicy(reduce_labels=preset.reduce_labels)
+    return SemanticFPNImageProcessor(**{"scale": preset.test_scale, **policy.processor_options(), **kwargs})
 
 
 __all__ = ["PRESETS", "SemanticFPNPreset", "get_preset", "preset_config", "preset_processor"]

@@ -32,7 +32,6 @@ DDP leaves each process with the statistics of its own last batch.
 `eval_confusion_matrix.json` and `training_curves.png`.
 """
 
-import io
 import json
 import os
 import re
@@ -41,7 +40,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from datasets import Dataset, DatasetDict, Image
@@ -61,7 +59,7 @@ from .data import (
     load_cityscapes,
     load_image_label_dataset,
 )
-from .image_processing_semantic_fpn import SemanticFPNImageProcessor, label_to_tensor
+from .image_processing_semantic_fpn import SemanticFPNImageProcessor, label_to_tensor, open_image
 from .metrics import make_compute_metrics, save_evaluation_report
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
 from .presets import PRESETS, get_preset, preset_config
@@ -233,8 +231,7 @@ def _label_sizes(dataset: Dataset) -> set[tuple[int, int]]:
     """The (width, height) of every label image, read from the file headers (no decoding)."""
     sizes = set()
     for item in dataset.cast_column("label", Image(decode=False))["label"]:
-        source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-        with PIL.Image.open(source) as image:
+        with open_image(item["bytes"] or item["path"], item["path"], decode=False) as image:
             sizes.add(image.size)
     return sizes
 

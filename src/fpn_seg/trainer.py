@@ -14,7 +14,7 @@ from transformers import Trainer, TrainingArguments
 from .data import TrainTransform, check_label_policy
 from .data.transforms import mix_seed, single_threaded
 from .image_processing_semantic_fpn import image_to_tensor, label_to_tensor
-from .metrics.mean_iou import TRAINER_PADDING_INDEX
+from .metrics.trainer import TRAINER_PADDING_INDEX
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli import run_command
-from ..image_files import ImageInputError, collect_image_inputs
+from ..image_files import collect_image_inputs
 
 NUM_DEMO_EXAMPLES = 4
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:  # Ctrl-C ends the server
             pass
 
-    return run_command("app", work, usage=(ImageInputError, ValueError))
+    return run_command("app", work, usage=(ValueError,))  # ImageInputError and ModelFolderError are ValueErrors
 
 
 __all__ = ["build_parser", "default_examples", "main"]

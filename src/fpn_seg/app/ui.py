@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..deployment.dependencies import require
 from ..image_files import raise_pillow_pixel_limit
-from .service import MODES, AppError, SegmentationService
+from .service import MODES, OUTPUT_MAX_AGE_S, AppError, SegmentationService
 
 CLASS_TABLE_HEADERS = ["class", "share of pixels (%)", "pixels"]
 
@@ -58,7 +58,7 @@ def build_app(
         return label_pngs, overlays, table, _summary([result for _, result in results], precision, mode)
 
     precisions = list(service.precisions) or ["fp32"]
-    with gr.Blocks(title=service.title, delete_cache=(600, 600)) as app:
+    with gr.Blocks(title=service.title, delete_cache=(OUTPUT_MAX_AGE_S, OUTPUT_MAX_AGE_S)) as app:
         gr.Markdown(f"# {service.title}\n{service.describe()}")
         if service.load_error:
             gr.Markdown(f"**Error:** {service.load_error}", elem_id="load-error")

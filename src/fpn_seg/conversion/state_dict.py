@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ..backbone_weights import CheckpointMismatchError, check_state_dict_fits
+from ..backbone_weights import check_state_dict_fits
 
 _RULES = (
     (re.compile(r"^backbone\.(.+)$"), r"backbone.\1"),
@@ -90,7 +90,6 @@ def convert_mmseg_backbone_state_dict(
 
 
 __all__ = [
-    "CheckpointMismatchError",
     "convert_mmseg_backbone_state_dict",
     "convert_mmseg_state_dict",
     "map_mmseg_key",

@@ -40,8 +40,6 @@ from ..label_policy import LabelPolicy
 _JOINT_HISTOGRAM_LIMIT = 1 << 18
 # Pixels encoded at a time (int32 / int64 temporaries of 4 / 8 MiB).
 _CHUNK_PIXELS = 1 << 20
-# The label value with which the Trainer pads labels across processes (`pad_across_processes(pad_index=-100)`).
-TRAINER_PADDING_INDEX = -100
 
 SegmentationMaps = torch.Tensor | np.ndarray | Sequence[Any]
 
@@ -332,7 +330,6 @@ def mean_iou(
 
 
 __all__ = [
-    "TRAINER_PADDING_INDEX",
     "MeanIoU",
     "SegmentationMaps",
     "mean_iou",

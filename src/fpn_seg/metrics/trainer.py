@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .mean_iou import TRAINER_PADDING_INDEX, MeanIoU
+from .mean_iou import MeanIoU
+
+# The label value with which the Trainer pads labels across processes (`pad_across_processes(pad_index=-100)`).
+TRAINER_PADDING_INDEX = -100
 
 
 def _metric_key(prefix: str, class_name: str, taken: set[str]) -> str:
@@ -232,4 +235,4 @@ def make_compute_metrics(
     )
 
 
-__all__ = ["MeanIoUComputeMetrics", "flatten_results", "iou_metric_keys", "make_compute_metrics"]
+__all__ = ["TRAINER_PADDING_INDEX", "MeanIoUComputeMetrics", "flatten_results", "iou_metric_keys", "make_compute_metrics"]
