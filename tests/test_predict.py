@@ -14,6 +14,7 @@ from conftest import tiny_config
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
 from fpn_seg.cli import COMMANDS
 from fpn_seg.cli import main as cli_main
+from fpn_seg.image_files import collect_image_inputs
 from fpn_seg.inference import MMSEG_MS_RATIOS, prepare_model, segment
 from fpn_seg.predict import PredictError, check_predicted_labels
 from fpn_seg.optimization import is_batch_norm_folded
@@ -214,6 +215,17 @@ def test_same_stems_in_one_folder_get_their_extension(tmp_path, capsys, model_di
     status, _, stderr = _predict(capsys, model_dir, folder, "--output-dir", tmp_path / "out", "--no-overlay")
     assert status == 0, stderr
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_jpg_label.png", "a_png_label.png"]
+
+
+def test_stems_that_still_clash_are_refused_by_predict_only(tmp_path, capsys, model_dir):
+    for name in ("x", "y"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(_scene(16, 20, 0)).save(tmp_path / name / "a.png")
+    files = [tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"]
+    status, _, stderr = _predict(capsys, model_dir, *files, "--output-dir", tmp_path / "out")
+    assert status == 2 and "would write the same outputs (a_png_label.png)" in stderr
+    # Commands that write nothing per image (export's calibration, the app's examples) take both files.
+    assert [item.path for item in collect_image_inputs([str(path) for path in files])] == files
 
 
 def test_outputs_inside_an_input_folder_are_not_taken_as_inputs(tmp_path, capsys, model_dir, images):

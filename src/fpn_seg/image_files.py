@@ -1,6 +1,6 @@
 """Image files named on a command line (files, folders searched recursively, glob patterns) and reading one of them
-into a uint8 tensor, with a one-line reason when it cannot be used; shared by `fpn-seg predict` and the calibration
-images of `fpn-seg export --int8`.
+into a uint8 tensor, with a one-line reason when it cannot be used; shared by `fpn-seg predict`, the calibration
+images of `fpn-seg export --int8` and the examples of `fpn-seg app`.
 """
 
 import glob
@@ -89,12 +89,11 @@ def _expand_input(text: str, skip_folder: Path | None, argument: str) -> list[Im
 def collect_image_inputs(
     inputs: Sequence[str], skip_folder: Path | None = None, argument: str = "INPUT"
 ) -> list[ImageInput]:
-    """Expand file, folder and glob arguments into images with distinct stems, in the order given.
+    """Expand file, folder and glob arguments into images, in the order given.
 
     Folders and patterns do not pick up files inside `skip_folder` (earlier outputs, when the output folder lies
-    inside an input folder); files named directly are always taken. The same file named twice is taken once. Files
-    whose stems would clash (`a.png` and `a.jpg` in one folder) get their extension in the stem (`a_png`, `a_jpg`); a
-    clash that remains raises an `ImageInputError`. Errors start with `argument`, the name the user typed.
+    inside an input folder); files named directly are always taken. The same file named twice is taken once. Errors
+    (an `ImageInputError`) start with `argument`, the name the user typed.
     """
     images, seen = [], set()
     for text in inputs:
@@ -102,6 +101,12 @@ def collect_image_inputs(
             if item.path.resolve() not in seen:
                 seen.add(item.path.resolve())
                 images.append(item)
+    return images
+
+
+def make_stems_distinct(images: list[ImageInput]) -> list[ImageInput]:
+    """Give images whose stems clash (`a.png` and `a.jpg` in one folder) their extension in the stem (`a_png`,
+    `a_jpg`), for commands that name outputs after the stems; a clash that remains raises an `ImageInputError`."""
     by_stem: dict[Path, list[ImageInput]] = {}
     for item in images:
         by_stem.setdefault(item.stem, []).append(item)
@@ -171,6 +176,7 @@ __all__ = [
     "ImageInputError",
     "ImageReadError",
     "collect_image_inputs",
+    "make_stems_distinct",
     "raise_pillow_pixel_limit",
     "read_image",
 ]

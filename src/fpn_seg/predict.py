@@ -43,6 +43,7 @@ from .image_files import (
     ImageInputError,
     ImageReadError,
     collect_image_inputs,
+    make_stems_distinct,
     raise_pillow_pixel_limit,
     read_image,
 )
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     try:
-        inputs = collect_image_inputs(args.inputs, args.output_dir)
+        inputs = make_stems_distinct(collect_image_inputs(args.inputs, args.output_dir))
     except ImageInputError as error:
         raise PredictError(str(error)) from None
     with_overlay = not args.no_overlay
