@@ -99,14 +99,9 @@ class SemanticFPNHead(nn.Module):
 
 
 def check_label_values(labels: torch.Tensor, config: SemanticFPNConfig) -> None:
-    """Raise a `ValueError` naming the likely cause when `labels` hold values other than class ids and ignore_index
-    (or fractional values, as a label map resized with bilinear interpolation has). A device sync: the data path
-    (`fpn-seg train`'s first batch) runs it, and the loss runs it only to explain a failure."""
-    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-        raise ValueError(
-            "labels hold fractional values; expected class ids. Label maps must be resized with nearest-neighbour "
-            "interpolation (SemanticFPNImageProcessor and the fpn_seg.data transforms do), never bilinear."
-        )
+    """Raise a `ValueError` naming the likely cause when integer `labels` hold values other than class ids and
+    ignore_index (float labels are refused by the loss before). A device sync: the data path (`fpn-seg train`'s first
+    batch) runs it, and the loss runs it only to explain a failure."""
     valid = labels[labels != config.ignore_index]
     if valid.numel() == 0 or (int(valid.min()) >= 0 and int(valid.max()) < config.num_labels):
         return
