@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_model import cpu_description, parse_size, print_table, randomised_model
+from bench_model import cpu_description, parse_size, print_table, randomised_model, status_bytes
 
 PATHS = {
     "torch eager": "our model as loaded, float32 (the baseline)",
@@ -45,15 +45,6 @@ PATHS = {
 PEERS = ("OpenVINO fp32", "OpenVINO bf16")
 PRESET = "fpn_r50_512x1024_80k_cityscapes"
 PAUSE_S = 0.3  # between calls: OpenMP / TBB / ONNX Runtime workers stop spinning
-
-
-def status_bytes(name: str) -> int:
-    """A memory field of /proc/self/status (`VmRSS`: resident now, `VmHWM`: peak resident) in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {name} field")
 
 
 # ----------------------------------------------------------------------------------------------------- the model
@@ -119,10 +110,11 @@ def build_path(name: str, model_dir: Path, onnx_dir: Path, threads: int):
         return lambda pixel_values: model(pixel_values).logits.numpy()
     import openvino
 
-    file = "model_quantized.onnx" if name.endswith("int8") else "model.onnx"
+    from fpn_seg.deployment.runtime import onnx_model_path
+
     hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[name.split()[1]]
     compiled = openvino.Core().compile_model(
-        str(onnx_dir / file), "CPU",
+        str(onnx_model_path(onnx_dir, "int8" if name.endswith("int8") else "fp32")), "CPU",
         {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"},
     )  # fmt: skip
     request = compiled.create_infer_request()

@@ -358,7 +358,7 @@ def bench_allocator(args, threads: int, rates: dict) -> list[ForwardResult]:
 # ----------------------------------------------------------------------------------------------------- training
 
 
-def _status_bytes(name: str) -> int:
+def status_bytes(name: str) -> int:
     """A memory field of /proc/self/status (`VmRSS`: resident now, `VmHWM`: peak resident) in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
@@ -392,10 +392,10 @@ def train_worker(args) -> None:
         loss.backward()
         optimizer.step()
 
-    rss_before = _status_bytes("VmRSS")
+    rss_before = status_bytes("VmRSS")
     calls = [timed(step) for _ in range(args.train_steps + 1)][1:]  # the first step (warm-up) creates the momenta
     # VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak across fork + exec into ru_maxrss.
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     report = {"times_s": [call[0] for call in calls], "cpu_times_s": [call[1] / threads for call in calls]}
     print(json.dumps({**report, "rss_before_steps": rss_before, "peak_rss": peak}))
 
