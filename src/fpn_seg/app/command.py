@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..cli import run_command
 from ..image_files import collect_image_inputs
+from .service import DEFAULT_MAX_PIXELS
 
 NUM_DEMO_EXAMPLES = 4
 
@@ -33,7 +34,9 @@ def build_parser(prog: str = "fpn-seg app") -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="port (default 7860)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests segmented at once; others queue (default 1)")
     parser.add_argument("--examples", nargs="+", metavar="PATH", help="example images: files, folders or globs")
-    parser.add_argument("--max-pixels", type=int, default=None, help="refuse larger images (default 25 megapixels)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default %(default)s)"
+    )
     parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="slide-mode window (default: square)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow running model code shipped with MODEL")
     parser.add_argument("--write-space", type=Path, metavar="DIR", help="write a Hugging Face Space folder instead")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..deployment.dependencies import require
 from ..image_files import raise_pillow_pixel_limit
-from .service import MODES, OUTPUT_MAX_AGE_S, AppError, SegmentationService
+from .service import DEFAULT_MAX_PIXELS, MODES, OUTPUT_MAX_AGE_S, AppError, SegmentationService
 
 CLASS_TABLE_HEADERS = ["class", "share of pixels (%)", "pixels"]
 
@@ -100,17 +100,14 @@ def launch_app(
     port: int | None = None,
     examples: Sequence[str | os.PathLike] = (),
     concurrency: int = 1,
-    max_pixels: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     crop_size: tuple[int, int] | None = None,
     block: bool = True,
     **service_options,
 ):
     """Load `source` once and serve its page: on `host` (default `GRADIO_SERVER_NAME`, else 127.0.0.1) and `port`
     (default `GRADIO_SERVER_PORT`, else 7860). Returns the `gradio.Blocks` (with `block=False`, while it serves)."""
-    from .service import DEFAULT_MAX_PIXELS
-
     gr = _gradio()
-    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     raise_pillow_pixel_limit(max_pixels)  # for the server's lifetime
     service = SegmentationService(source, max_pixels=max_pixels, crop_size=crop_size, **service_options)
     if service.load_error:
