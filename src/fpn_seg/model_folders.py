@@ -101,6 +101,7 @@ def load_model(
     source, has_processor = _source(name, argument)
     where = f"hub model {source!r}" if has_processor is None else f"model folder {source!r}"
     try:
+        config = None  # read once here when it is checked, then handed to the model
         if model_type is not None:
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
             if config.model_type != model_type:
@@ -109,7 +110,9 @@ def load_model(
                     f"The {where} holds a {config.model_type!r} model ({architectures}), not a Semantic FPN model "
                     f"(model_type {model_type!r})."
                 )
-        model = AutoModelForSemanticSegmentation.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForSemanticSegmentation.from_pretrained(
+            source, config=config, trust_remote_code=trust_remote_code
+        )
     except ModelFolderError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, StrictDataclassError) as error:
