@@ -38,7 +38,7 @@ from .checkpoints import (
     infer_semantic_fpn_config,
     load_checkpoint,
 )
-from .model_cards import BACKBONE_CARD, ConversionReport, render_model_card
+from .model_cards import ConversionReport, render_backbone_card, render_model_card
 from .model_zoo import (
     IMAGENET_BACKBONES,
     OFFICIAL_CHECKPOINTS,
@@ -149,22 +149,14 @@ def convert_imagenet_backbone(
     loaded = load_checkpoint(path)
     keys = {key.removeprefix("backbone."): value for key, value in loaded.state_dict.items()}
     config = infer_backbone_config(keys, "", depth, source=str(path))
-    network = build_imagenet_backbone(loaded.state_dict, config, source=str(path))
+    network = build_imagenet_backbone(keys, config, source=str(path))
     source = str(checkpoint if checkpoint is not None else known.url)
     report = ConversionReport(output_dir, source, sha256, expected_prefix, num_tensors=len(network.state_dict()))
     example = next((name for name, item in PRESETS.items() if item.depth == config.depth), next(iter(PRESETS)))
     with atomic_output_dir(output_dir, overwrite, refuse=OutputExistsError) as staging:
         network.save_pretrained(str(staging))
-        card = BACKBONE_CARD.format(
-            depth=config.depth,
-            name=known.name if known is not None else f"resnet{config.depth}_v1c",
-            source=source,
-            sha256=sha256,
-            hash_note=f", prefix `{expected_prefix}` checked" if expected_prefix else "",
-            num_tensors=report.num_tensors,
-            repo=repo_id or str(output_dir),
-            example_preset=example,
-        )
+        name = known.name if known is not None else f"resnet{config.depth}_v1c"
+        card = render_backbone_card(report, name, config.depth, repo_id or str(output_dir), example)
         (staging / "README.md").write_text(card)
     return report
 

@@ -93,7 +93,7 @@ The training data ({dataset_title}) has its own terms of use.
 {citation}
 """
 
-BACKBONE_CARD = """---
+_BACKBONE_CARD = """---
 license: apache-2.0
 library_name: transformers
 tags:
@@ -250,4 +250,18 @@ def render_model_card(report: ConversionReport, repo: str) -> str:
     )
 
 
-__all__ = ["BACKBONE_CARD", "ConversionReport", "render_model_card"]
+def render_backbone_card(report: ConversionReport, name: str, depth: int, repo: str, example_preset: str) -> str:
+    """The `README.md` of a converted ImageNet backbone folder (`name`: e.g. `resnet50_v1c`)."""
+    return _BACKBONE_CARD.format(
+        depth=depth,
+        name=name,
+        source=report.source,
+        sha256=report.sha256,
+        hash_note=f", prefix `{report.sha256_prefix_checked}` checked" if report.sha256_prefix_checked else "",
+        num_tensors=report.num_tensors,
+        repo=repo,
+        example_preset=example_preset,
+    )
+
+
+__all__ = ["ConversionReport", "render_backbone_card", "render_model_card"]
