@@ -469,3 +469,12 @@ def test_backbone_mode_on_the_official_layout(tmp_path):
     assert (config.depth, config.stem_channels, config.base_channels) == (101, 64, 64)
     with safe_open(tmp_path / "out" / "model.safetensors", "pt") as weights:
         assert set(weights.keys()) == set(state_dict) - {"fc.weight", "fc.bias"}
+
+
+def test_the_old_convert_module_re_exports_its_names():
+    import fpn_seg.convert as moved
+
+    names = {"ConversionError", "OutputExistsError", "build_semantic_fpn", "check_class_names", "convert_semantic_fpn",
+             "infer_backbone_config", "infer_resnet_depth", "infer_semantic_fpn_config", "load_checkpoint",
+             "load_pretrained_backbone", "main", "semantic_fpn_from_pretrained_backbone", "verify_converted"}  # fmt: skip
+    assert names <= set(moved.__all__) and all(hasattr(moved, name) for name in moved.__all__)
