@@ -145,9 +145,13 @@ def atomic_output_dir(
 # ------------------------------------------------------------------------------------------------ save_pretrained
 
 
-def split_push_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """`save_pretrained`'s keyword arguments -> (those of the save itself, those of the `push_to_hub` after it)."""
+def split_push_options(
+    kwargs: dict[str, Any], save_directory: str | os.PathLike
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`save_pretrained`'s keyword arguments -> (those of the save itself, those of the `push_to_hub` after it); the
+    push's `repo_id` defaults to the name of `save_directory`, as in transformers."""
     push = {name: kwargs[name] for name in PUSH_TO_HUB_OPTIONS if name in kwargs}
+    push.setdefault("repo_id", Path(save_directory).absolute().name)
     return {name: value for name, value in kwargs.items() if name not in push}, push
 
 

@@ -544,11 +544,11 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         to a hidden sibling folder and moved in with `preprocessor_config.json` last; other files are kept. With
         `push_to_hub=True` the processor is then uploaded with `push_to_hub` (`repo_id`: the folder name by default).
         """
-        kwargs, hub_options = split_push_options(kwargs)
+        kwargs, hub_options = split_push_options(kwargs, save_directory)
         save_folder = super().save_pretrained
         save_folder_atomically(lambda folder: save_folder(folder, **kwargs), save_directory, IMAGE_PROCESSOR_NAME)
         if push_to_hub:
-            self.push_to_hub(hub_options.pop("repo_id", Path(save_directory).absolute().name), **hub_options)
+            self.push_to_hub(**hub_options)
         return [str(Path(save_directory) / IMAGE_PROCESSOR_NAME)]
 
     # ------------------------------------------------------------------------------------------ building blocks

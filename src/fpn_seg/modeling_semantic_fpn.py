@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -231,7 +230,7 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
         """
         if not is_main_process or kwargs.get("distributed_checkpoint"):  # every process writes: no staging folder
             return super().save_pretrained(save_directory, is_main_process, state_dict, push_to_hub, **kwargs)
-        kwargs, hub_options = split_push_options(kwargs)
+        kwargs, hub_options = split_push_options(kwargs, save_directory)
         save_folder = super().save_pretrained
         save_folder_atomically(
             lambda folder: save_folder(folder, state_dict=state_dict, **kwargs),
@@ -240,8 +239,7 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
             retire=WEIGHT_FILE_NAME,
         )
         if push_to_hub:
-            repo_id = hub_options.pop("repo_id", Path(save_directory).absolute().name)
-            self.push_to_hub(repo_id, max_shard_size=kwargs.get("max_shard_size", "50GB"), **hub_options)
+            self.push_to_hub(**hub_options, max_shard_size=kwargs.get("max_shard_size", "50GB"))
 
 
 def _shown_keys(keys) -> str:
