@@ -55,11 +55,12 @@ class SegmentationService:
     max_pixels: int = DEFAULT_MAX_PIXELS
     crop_size: tuple[int, int] | None = None  # the slide windows; default: the test scale's short side, square
     trust_remote_code: bool = False
-    load_error: str | None = None
-    kind: str = "torch"  # "torch" or "onnx"
-    precisions: tuple[str, ...] = ()
-    _models: dict = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Set by loading, not arguments:
+    load_error: str | None = field(default=None, init=False)
+    kind: str = field(default="torch", init=False)  # "torch" or "onnx"
+    precisions: tuple[str, ...] = field(default=(), init=False)
+    _models: dict = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self):
         self._outputs = tempfile.TemporaryDirectory(prefix="fpn_seg_app_")
