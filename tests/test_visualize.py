@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from fpn_seg.label_sets import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-from fpn_seg.visualize import colorize, overlay, palette_for, plot_training_curves, save_label_png
+from fpn_seg.visualize import class_pixel_counts, colorize, overlay, palette_for, plot_training_curves, save_label_png
 
 NAMES = {0: "sky", 1: "road", 2: "car", 3: "tree"}
 
@@ -123,3 +123,9 @@ def test_plot_training_curves_writes_a_png_and_leaves_the_backend_alone(tmp_path
         pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)
     assert len(np.unique(pixels, axis=0)) > 20  # lines, axes and text were drawn, not a blank figure
     assert matplotlib.get_backend() == svg_backend  # plotting did not switch the user's backend
+
+
+def test_class_pixel_counts_leave_out_values_that_are_not_class_ids():
+    label_map = torch.tensor([[0, 2, 2], [255, 2, 0]])
+    assert class_pixel_counts(label_map, 3).tolist() == [2, 0, 3]
+    assert class_pixel_counts(label_map.numpy(), 2).tolist() == [2, 0]

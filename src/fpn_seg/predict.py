@@ -50,7 +50,7 @@ from .image_files import (
 from .inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
 from .model_folders import ModelFolderError, load_model
 from .optimization import retain_freed_memory
-from .visualize import overlay, save_label_png
+from .visualize import class_pixel_counts, overlay, save_label_png
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
                         rgb = Image.fromarray(image.permute(1, 2, 0).numpy())  # upright, as segmented
                         picture = overlay(rgb, label_map, config.id2label, args.alpha, ignore_index)
                         write_file_atomically(overlay_path[0], picture.save)
-                    pixel_counts += np.bincount(label_map.flatten().numpy(), minlength=num_labels)[:num_labels]
+                    pixel_counts += class_pixel_counts(label_map, num_labels)
                     processed += 1
                 progress.update(len(chunk))
     finally:

@@ -17,6 +17,12 @@ def palette_for(id2label: Mapping[int, str]) -> np.ndarray:
     return np.asarray(label_palette(len(names), dataset), dtype=np.uint8)
 
 
+def class_pixel_counts(label_map: np.ndarray | torch.Tensor, num_labels: int) -> np.ndarray:
+    """(num_labels,) int64 pixel counts per class of a map of class ids (other values, e.g. 255, are not counted)."""
+    labels = np.asarray(label_map.cpu() if isinstance(label_map, torch.Tensor) else label_map).ravel()
+    return np.bincount(labels[(labels >= 0) & (labels < num_labels)], minlength=num_labels)
+
+
 def colorize(label_map: np.ndarray | torch.Tensor, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) uint8 colours; `ignore_index` and out-of-range ids are black."""
     labels = np.asarray(label_map.cpu() if isinstance(label_map, torch.Tensor) else label_map).astype(np.int64)
@@ -111,4 +117,4 @@ def plot_training_curves(log_history: Sequence[Mapping], path: str | Path, title
     return path
 
 
-__all__ = ["colorize", "overlay", "palette_for", "plot_training_curves", "save_label_png"]
+__all__ = ["class_pixel_counts", "colorize", "overlay", "palette_for", "plot_training_curves", "save_label_png"]

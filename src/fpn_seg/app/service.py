@@ -19,7 +19,7 @@ from ..image_files import ImageReadError, read_image
 from ..inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
 from ..model_folders import ModelFolderError, load_model
 from ..optimization import bf16_is_fast
-from ..visualize import overlay, png_text, save_label_png
+from ..visualize import class_pixel_counts, overlay, png_text, save_label_png
 
 MODES = ("whole", "slide", "ms+flip")
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -143,7 +143,7 @@ class SegmentationService:
         return SegmentationResult(label_map, picture, self._class_shares(label_map), seconds, label_png, overlay_png)
 
     def _class_shares(self, label_map: torch.Tensor) -> list[tuple[str, float, int]]:
-        counts = np.bincount(label_map.flatten().numpy(), minlength=self.config.num_labels)[: self.config.num_labels]
+        counts = class_pixel_counts(label_map, self.config.num_labels)
         total = max(int(counts.sum()), 1)
         order = np.argsort(-counts, kind="stable")
         return [(self.config.id2label[int(i)], round(100 * counts[i] / total, 2), int(counts[i])) for i in order if counts[i]]
