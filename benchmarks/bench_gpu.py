@@ -30,15 +30,23 @@ import torch
 from bench_model import print_table
 from fpn_seg import ResNetV1cConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.optimization import optimize_for_inference
-from fpn_seg.presets import preset_config
+from fpn_seg.conversion import OFFICIAL_CHECKPOINTS
+from fpn_seg.presets import PRESETS, get_preset, preset_config
 
-# mmseg's sem_fpn table on V100s: inference fps and training memory (GB) at 4 GPUs x the per-GPU batch.
+# mmseg's sem_fpn table on V100s (OFFICIAL_CHECKPOINTS: inference fps, training memory in GB) was measured at these
+# input sizes, and trained on 4 GPUs, each with a quarter of the preset's batch.
+SEED_INPUT_SIZE = {"cityscapes": (1024, 2048), "ade20k": (512, 683)}
+SEED_GPUS = 4
 SEED = {
-    "fpn_r50_512x1024_80k_cityscapes": {"fps": 13.54, "memory_gb": 2.8, "size": (1024, 2048), "crop": (512, 1024), "batch": 2},
-    "fpn_r101_512x1024_80k_cityscapes": {"fps": 10.29, "memory_gb": 3.9, "size": (1024, 2048), "crop": (512, 1024), "batch": 2},
-    "fpn_r50_512x512_160k_ade20k": {"fps": 55.77, "memory_gb": 4.9, "size": (512, 683), "crop": (512, 512), "batch": 4},
-    "fpn_r101_512x512_160k_ade20k": {"fps": 40.58, "memory_gb": 5.9, "size": (512, 683), "crop": (512, 512), "batch": 4},
-}  # fmt: skip
+    name: {
+        "fps": OFFICIAL_CHECKPOINTS[name].fps,
+        "memory_gb": OFFICIAL_CHECKPOINTS[name].memory_gb,
+        "size": SEED_INPUT_SIZE[preset.dataset],
+        "crop": preset.crop_size,
+        "batch": preset.batch_size // SEED_GPUS,
+    }
+    for name, preset in PRESETS.items()
+}
 # name -> (channels_last, autocast dtype or None, optimize_for_inference)
 INFERENCE_VARIANTS = {
     "fp32": (False, None, False),
@@ -57,8 +65,7 @@ def build_model(preset: str, tiny: bool) -> SemanticFPNForSemanticSegmentation:
     torch.manual_seed(0)
     if not tiny:
         return SemanticFPNForSemanticSegmentation(preset_config(preset))
-    depth = 50 if "r50" in preset else 101
-    backbone = ResNetV1cConfig(depth=depth, stem_channels=8, base_channels=8)
+    backbone = ResNetV1cConfig(depth=get_preset(preset).depth, stem_channels=8, base_channels=8)
     return SemanticFPNForSemanticSegmentation(
         preset_config(preset, backbone_config=backbone, neck_channels=16, head_channels=8)
     )
