@@ -144,7 +144,7 @@ def worker(args) -> None:
 class Worker:
     """A worker process of this script, driven line by line."""
 
-    def __init__(self, path: str, args, threads: int, size, model_dir: Path, onnx_dir: Path, scratch: Path):
+    def __init__(self, path: str, threads: int, size, model_dir: Path, onnx_dir: Path, scratch: Path):
         self.path, self.logits = path, scratch / f"{path.replace(' ', '_')}.npy"
         command = [sys.executable, __file__, "_worker", "--path", path, "--threads", str(threads),
                    "--size", f"{size[0]}x{size[1]}", "--model-dir", str(model_dir), "--onnx-dir", str(onnx_dir),
@@ -192,9 +192,9 @@ class PathResult:
     times_s: list[float]
 
 
-def bench_config(args, paths, threads: int, size, model_dir: Path, onnx_dir: Path) -> list[PathResult]:
+def bench_config(args, threads: int, size, model_dir: Path, onnx_dir: Path) -> list[PathResult]:
     with tempfile.TemporaryDirectory(prefix="bench_deploy_") as scratch:
-        workers = [Worker(path, args, threads, size, model_dir, onnx_dir, Path(scratch)) for path in paths]
+        workers = [Worker(path, threads, size, model_dir, onnx_dir, Path(scratch)) for path in args.paths]
         try:
             for worker_ in workers:  # one at a time: a loading worker does not slow another's warm-up much
                 worker_.ready = worker_.read()
@@ -285,7 +285,7 @@ def main(argv=None) -> None:
     started, results = time.perf_counter(), []
     for size in args.sizes:
         for threads in thread_counts:
-            results += bench_config(args, args.paths, threads, size, model_dir, onnx_dir)
+            results += bench_config(args, threads, size, model_dir, onnx_dir)
     print_summary(results)
     print(f"\nTimed in {time.perf_counter() - started:.0f} s.")
     if args.output:
