@@ -7,10 +7,10 @@ in-process runs use `torch.set_num_threads(1)` and subprocesses `OMP_NUM_THREADS
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from fpn_seg.train import (
     resolve_checkpoint,
     run_training,
 )
+from fpn_seg.resume import TornCheckpointError, checkpoint_problems
 
 # Cityscapes label ids that the synthetic scenes draw for evaluated classes (everything else, ego vehicle and static
 # boxes, becomes 255): road, sidewalk, building, pole, vegetation, terrain, sky, person, car.
@@ -248,33 +249,55 @@ def test_torchrun_two_processes_count_like_one(workdir, recipe, trained, mixed_s
 # ------------------------------------------------------------------------------------------------ resume
 
 
-def test_resume_after_sigkill_gives_the_same_weights(workdir, recipe, scenes, monkeypatch):
-    flags = ["--max_steps", "30", "--per_device_train_batch_size", "4", "--max_eval_samples", "1", "--plot", "false"]
-    flags += ["--save_strategy", "steps", "--save_steps", "3"]  # 8 steps per epoch: killed and resumed mid-epoch
-    run_train(recipe, scenes, workdir / "uninterrupted", *flags)
+# Runs `fpn_seg.train` and SIGKILLs it from inside the save of checkpoint-<step>, with trainer_state.json half written
+# (the last file of a checkpoint; a kill there left the torn folder that once blocked `--resume_from_checkpoint last`).
+KILL_INSIDE_SAVE = """
+import os, signal, sys
+from transformers import TrainerState
+from fpn_seg.train import main
 
+kill_at, save_to_json = int(sys.argv.pop(1)), TrainerState.save_to_json
+
+def save_then_die(self, json_path):
+    save_to_json(self, json_path)
+    if self.global_step == kill_at and "checkpoint-" in json_path:  # as if killed half-way through the write
+        with open(json_path, "r+") as file:
+            file.truncate(len(file.read()) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+TrainerState.save_to_json = save_then_die
+sys.exit(main())
+"""
+RESUME_FLAGS = ["--max_steps", "12", "--per_device_train_batch_size", "4", "--max_eval_samples", "1", "--plot", "false",
+                "--save_strategy", "steps", "--save_steps", "3"]  # 8 steps per epoch: killed and resumed mid-epoch  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir, recipe, scenes) -> Path:
+    """12 steps saved every 3: whole checkpoints 3, 6, 9 and 12."""
+    output_dir = workdir / "uninterrupted"
+    run_train(recipe, scenes, output_dir, *RESUME_FLAGS)
+    return output_dir
+
+
+def test_resume_after_sigkill_inside_a_save_gives_the_same_weights(uninterrupted, workdir, recipe, scenes, monkeypatch,
+                                                                   caplog):  # fmt: skip
     killed_dir = workdir / "killed"
-    command = [sys.executable, "-m", "fpn_seg.train", "--recipe", str(recipe), "--data_dir", str(scenes)]
-    log = workdir / "killed.log"
-    with log.open("w") as log_file:
-        process = subprocess.Popen(
-            [*command, "--output_dir", str(killed_dir), *flags],
-            stdout=log_file, stderr=subprocess.STDOUT, env=subprocess_env(),
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 240
-            while not (killed_dir / "checkpoint-3" / "trainer_state.json").is_file():  # written last
-                running = process.poll() is None and time.monotonic() < deadline
-                assert running, "no checkpoint-3 before the run ended:\n" + log.read_text()[-3000:]
-                time.sleep(0.01)
-            process.send_signal(signal.SIGKILL)
-        finally:
-            process.kill()  # no-op once it is dead
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
+    command = [sys.executable, "-c", KILL_INSIDE_SAVE, "6", "--recipe", str(recipe), "--data_dir", str(scenes)]
+    completed = subprocess.run(
+        [*command, "--output_dir", str(killed_dir), *RESUME_FLAGS],
+        capture_output=True, text=True, timeout=300, env=subprocess_env(),
+    )  # fmt: skip
+    assert completed.returncode == -signal.SIGKILL, completed.stdout[-2000:] + completed.stderr[-3000:]
     assert not (killed_dir / "model.safetensors").exists()  # killed before the end of training
-    resumed_from = Path(resolve_checkpoint("last", killed_dir))
-    assert 3 <= int(resumed_from.name.split("-")[1]) < 30
+    assert sorted(path.name for path in killed_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    torn_state = (killed_dir / "checkpoint-6" / "trainer_state.json").read_text()
+    assert torn_state and not torn_state.rstrip().endswith("}")  # the state file was cut in the middle
+    problems = checkpoint_problems(killed_dir / "checkpoint-6")
+    assert len(problems) == 1 and problems[0].startswith("trainer_state.json is not valid JSON ("), problems
+    with caplog.at_level("WARNING"):
+        assert resolve_checkpoint("last", killed_dir) == str(killed_dir / "checkpoint-3")
+    assert "skipping torn checkpoint(s) checkpoint-6 (trainer_state.json is not valid JSON" in caplog.text
 
     # The Trainer must unpickle optimizer, scheduler and RNG states with weights_only=True.
     original_load, loads = torch.load, []
@@ -284,19 +307,93 @@ def test_resume_after_sigkill_gives_the_same_weights(workdir, recipe, scenes, mo
         return original_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", recording_load)
-    run_train(recipe, scenes, killed_dir, *flags, "--resume_from_checkpoint", "last")
+    run_train(recipe, scenes, killed_dir, *RESUME_FLAGS, "--resume_from_checkpoint", "last")
     monkeypatch.undo()
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {name for name, _ in loads}
     assert all(weights_only is True for _, weights_only in loads), loads
-    print(f"killed after {resumed_from.name}; resumed, loading {loads}")
 
-    expected = load_file(workdir / "uninterrupted" / "model.safetensors")
+    expected = load_file(uninterrupted / "model.safetensors")
     resumed = load_file(killed_dir / "model.safetensors")
     assert expected.keys() == resumed.keys()
     different = [key for key in expected if not torch.equal(expected[key], resumed[key])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-    state = json.loads((killed_dir / "trainer_state.json").read_text())
-    assert state["global_step"] == 30
+    assert json.loads((killed_dir / "trainer_state.json").read_text())["global_step"] == 12
+    assert checkpoint_problems(killed_dir / "checkpoint-6") == []  # saved again, whole, by the resumed run
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+# How a save killed at different moments leaves checkpoint-6, and what `checkpoint_problems` says of it.
+TORN = {
+    "empty state": (lambda folder: (folder / "trainer_state.json").write_text(""), "trainer_state.json is empty"),
+    "half-written state": (lambda folder: _truncate(folder / "trainer_state.json"), "trainer_state.json is not valid JSON"),
+    "state without step": (lambda folder: (folder / "trainer_state.json").write_text("{}"), "trainer_state.json has no global_step"),
+    "truncated weights": (lambda folder: _truncate(folder / "model.safetensors"), "model.safetensors is cut short ("),
+    "weights cut in the header": (lambda folder: _truncate(folder / "model.safetensors", 0.0001), "model.safetensors is cut short ("),
+    "empty weights": (lambda folder: _truncate(folder / "model.safetensors", 0), "model.safetensors is empty or cut short (0 bytes)"),
+    "truncated optimizer": (lambda folder: _truncate(folder / "optimizer.pt"), "optimizer.pt is empty or cut short ("),
+    "truncated RNG state": (lambda folder: _truncate(folder / "rng_state.pth", 0.9), "rng_state.pth is empty or cut short ("),
+    "missing scheduler": (lambda folder: (folder / "scheduler.pt").unlink(), "scheduler.pt is missing"),
+    "missing weights": (lambda folder: (folder / "model.safetensors").unlink(), "model.safetensors is missing"),
+    "missing config": (lambda folder: (folder / "config.json").unlink(), "config.json is missing"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(TORN))
+def test_a_torn_checkpoint_is_skipped_by_last_and_refused_by_name(case, uninterrupted, tmp_path, caplog):
+    for step in (3, 6):
+        shutil.copytree(uninterrupted / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    assert checkpoint_problems(tmp_path / "checkpoint-6") == []
+    tear, problem = TORN[case]
+    tear(tmp_path / "checkpoint-6")
+    files_before = sorted(tmp_path.rglob("*"))
+    problems = checkpoint_problems(tmp_path / "checkpoint-6")
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+    with caplog.at_level("WARNING"):
+        assert resolve_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-3")
+    assert f"skipping torn checkpoint(s) checkpoint-6 ({problems[0]}); resuming from checkpoint-3" in caplog.text
+    with pytest.raises(TornCheckpointError) as refused:
+        resolve_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
+    message = str(refused.value)
+    assert problems[0] in message and "Resume from an earlier checkpoint-<step> folder, or pass `last`" in message
+    assert "\n" not in message
+    assert sorted(tmp_path.rglob("*")) == files_before  # nothing deleted or changed
+
+
+def test_resume_checkpoint_resolution(uninterrupted, tmp_path):
+    assert resolve_checkpoint(None, tmp_path) is None
+    assert resolve_checkpoint("false", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match=r"no whole checkpoint-<step> folder in .*; start without"):
+        resolve_checkpoint("last", tmp_path)
+    for step in (3, 9):
+        shutil.copytree(uninterrupted / f"checkpoint-{step}", tmp_path / f"checkpoint-{step}")
+    (tmp_path / "checkpoint-12").mkdir()  # killed before its first file
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name: ignored
+    assert resolve_checkpoint("latest", tmp_path) == str(tmp_path / "checkpoint-9")  # by step, not by name
+    assert resolve_checkpoint(str(tmp_path / "checkpoint-3"), tmp_path) == str(tmp_path / "checkpoint-3")
+    with pytest.raises(FileNotFoundError, match="checkpoint-8: no such checkpoint folder"):
+        resolve_checkpoint(str(tmp_path / "checkpoint-8"), tmp_path)
+    for step in (3, 9):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("")
+    with pytest.raises(FileNotFoundError, match=r"no whole .* \(torn: checkpoint-12 \(trainer_state.json is missing"):
+        resolve_checkpoint("last", tmp_path)
+
+
+def test_command_line_refuses_a_torn_checkpoint_in_one_line(uninterrupted, recipe, scenes, tmp_path, capsys):
+    from fpn_seg.cli import main as cli_main
+
+    torn = tmp_path / "checkpoint-6"
+    shutil.copytree(uninterrupted / "checkpoint-6", torn)
+    _truncate(torn / "model.safetensors")
+    flags = ["--recipe", str(recipe), "--data_dir", str(scenes), "--output_dir", str(tmp_path)]
+    assert cli_main(["train", *flags, "--resume_from_checkpoint", str(torn)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(f"fpn-seg train: error: --resume_from_checkpoint {torn}: not a whole Trainer checkpoint")
+    assert "model.safetensors is cut short" in stderr and "pass `last`" in stderr and stderr.count("\n") == 1
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_index(scenes, tmp_path):
@@ -332,21 +429,6 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(scenes, tmp_path):
     loader.set_epoch(1)  # as the Trainer does before each epoch
     batch, expected = next(iter(loader)), collate_same_size([dataset[key] for key in orders[1][:4]])
     assert all(torch.equal(batch[key], expected[key]) for key in ("pixel_values", "labels"))
-
-
-def test_resume_checkpoint_resolution(tmp_path):
-    assert resolve_checkpoint(None, tmp_path) is None
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        resolve_checkpoint("last", tmp_path)
-    for step in (2, 4, 6):
-        (tmp_path / f"checkpoint-{step}").mkdir()
-    for step in (2, 4):
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    assert resolve_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-4")  # checkpoint-6 is incomplete
-    with pytest.raises(ValueError, match=r"checkpoint-6: not a complete Trainer checkpoint \(no trainer_state.json"):
-        resolve_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
-    with pytest.raises(FileNotFoundError, match="checkpoint-8: no such checkpoint folder"):
-        resolve_checkpoint(str(tmp_path / "checkpoint-8"), tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ arguments

@@ -33,8 +33,6 @@ DDP leaves each process with the statistics of its own last batch.
 """
 
 import json
-import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,15 +69,12 @@ from .train_arguments import (
     parse_arguments,
     read_recipe,
 )
+from .resume import resolve_checkpoint
 from .trainer import AugmentedTrainDataset, EpochShuffleSampler, SemanticFPNTrainer
 from .visualize import plot_training_curves
 
 logger = logging.get_logger(__name__)
 
-# Values of --resume_from_checkpoint that mean "the newest complete checkpoint in --output_dir".
-RESUME_FROM_LATEST = ("last", "latest", "true")
-# The file a Trainer checkpoint gets last: a checkpoint folder without it was interrupted while being written.
-CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -247,45 +242,6 @@ def check_eval_batch_size(dataset: Dataset, batch_size: int, where: str) -> None
             f"{where} has images of {len(sizes)} sizes ({shown}); evaluation keeps labels at their original size, "
             f"so batches cannot be stacked: use --per_device_eval_batch_size 1 (got {batch_size})."
         )
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def _checkpoint_step(path: Path) -> int:
-    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def resolve_checkpoint(value: str | None, output_dir: str | os.PathLike) -> str | None:
-    """The checkpoint folder `--resume_from_checkpoint` names: a path, or `last` for the newest complete
-    `checkpoint-<step>` in `output_dir` (a folder without `trainer_state.json` was interrupted while saving)."""
-    if value is None or value.strip().lower() in ("", "false", "none"):
-        return None
-    if value.strip().lower() in RESUME_FROM_LATEST:
-        folders = [path for path in Path(output_dir).glob("checkpoint-*") if _checkpoint_step(path) >= 0]
-        complete = [path for path in folders if (path / CHECKPOINT_COMPLETE_MARKER).is_file()]
-        if not complete:
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint {value}: no complete checkpoint-<step> folder (with "
-                f"{CHECKPOINT_COMPLETE_MARKER}) in {output_dir}."
-            )
-        newest = max(complete, key=_checkpoint_step)
-        skipped = sorted(path.name for path in folders if _checkpoint_step(path) > _checkpoint_step(newest))
-        if skipped:
-            names = ", ".join(skipped)
-            logger.warning(f"Skipping incomplete checkpoint(s) {names} (no {CHECKPOINT_COMPLETE_MARKER}).")
-        return str(newest)
-    path = Path(value)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint folder.")
-    if not (path / CHECKPOINT_COMPLETE_MARKER).is_file():
-        raise ValueError(
-            f"--resume_from_checkpoint {value}: not a complete Trainer checkpoint (no {CHECKPOINT_COMPLETE_MARKER}, "
-            "which the Trainer writes last: the run was probably stopped while saving). Resume from an earlier "
-            "checkpoint-<step> folder, or pass `last`."
-        )
-    return str(path)
 
 
 # ------------------------------------------------------------------------------------------------ main

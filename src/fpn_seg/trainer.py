@@ -16,6 +16,9 @@ from .data.transforms import mix_seed, single_threaded
 from .image_processing_semantic_fpn import image_to_tensor, label_to_tensor
 from .metrics.trainer import TRAINER_PADDING_INDEX
 
+# Where [`SemanticFPNTrainer`] keeps the training arguments in a checkpoint (JSON, not the Trainer's pickle).
+TRAINING_ARGS_JSON = "training_args.json"
+
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A permutation of `range(num_examples)` per epoch, seeded by `(seed, epoch)`, yielding `(epoch, index)` keys for
@@ -100,7 +103,7 @@ class SemanticFPNTrainer(Trainer):
         if self.args.should_save:
             folder = Path(output_dir or self.args.output_dir)
             (folder / "training_args.bin").unlink(missing_ok=True)
-            (folder / "training_args.json").write_text(self.args.to_json_string())
+            (folder / TRAINING_ARGS_JSON).write_text(self.args.to_json_string())
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -133,4 +136,4 @@ class SemanticFPNTrainer(Trainer):
             dist.broadcast(buffer, src=0)
 
 
-__all__ = ["AugmentedTrainDataset", "EpochShuffleSampler", "SemanticFPNTrainer"]
+__all__ = ["TRAINING_ARGS_JSON", "AugmentedTrainDataset", "EpochShuffleSampler", "SemanticFPNTrainer"]
