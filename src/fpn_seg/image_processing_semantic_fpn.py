@@ -564,7 +564,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         # Channels-first bytes first (a cheap 1-byte transpose of channels-last views): the float passes then run
         # over contiguous memory.
         images = images.contiguous()
-        out = images.to(torch.float32) if out is None else out.copy_(images)
+        integers = images.to(torch.int32)  # uint8 -> int32 -> float32: the same values, ~6x faster on the CPU
+        out = integers.to(torch.float32) if out is None else out.copy_(integers)
         if self.do_normalize:
             channels = out.shape[-3]
             if len(self.image_mean) != channels:

@@ -61,6 +61,14 @@ def nearest_sources(in_size: int, out_size: int) -> torch.Tensor:
     return torch.floor(torch.arange(out_size, dtype=torch.float64) * scale).to(torch.int64).clamp_(max=in_size - 1)
 
 
+def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """`tensor.index_select(dim, index)`; on the CPU through numpy's `take`, 3-5x faster for gathers along the last
+    dimension on one thread (the same values: a gather)."""
+    if tensor.device.type == "cpu" and not tensor.requires_grad:
+        return torch.from_numpy(np.take(tensor.numpy(), index.numpy(), axis=dim))
+    return tensor.index_select(dim, index)
+
+
 def _check_box(size: Sequence[int], box: Sequence[int] | None) -> tuple[int, int, int, int]:
     height, width = int(size[0]), int(size[1])
     if box is None:
@@ -106,8 +114,8 @@ def resize_linear_uint8(
     col1 = (col1.view(-1, 1) * channels + offsets).flatten()
     weight0 = weight0.to(torch.int32).repeat_interleave(channels)
     weight1 = weight1.to(torch.int32).repeat_interleave(channels)
-    horizontal = window.index_select(-1, col0).to(torch.int32).mul_(weight0)  # (..., Hr, w * C), scaled by 2^11
-    horizontal.add_(window.index_select(-1, col1).to(torch.int32).mul_(weight1)).bitwise_right_shift_(4)
+    horizontal = _take(window, col0, -1).to(torch.int32).mul_(weight0)  # (..., Hr, w * C), scaled by 2^11
+    horizontal.add_(_take(window, col1, -1).to(torch.int32).mul_(weight1)).bitwise_right_shift_(4)
     beta0, beta1 = beta0.to(torch.int32).view(-1, 1), beta1.to(torch.int32).view(-1, 1)
     upper = horizontal.index_select(-2, row0).mul_(beta0).bitwise_right_shift_(16)  # (..., h, w * C)
     lower = horizontal.index_select(-2, row1).mul_(beta1).bitwise_right_shift_(16)
@@ -127,7 +135,7 @@ def resize_nearest(labels: torch.Tensor, size: Sequence[int], box: Sequence[int]
     rows = nearest_sources(in_height, int(size[0]))[top:bottom]
     cols = nearest_sources(in_width, int(size[1]))[left:right]
     sources = torch.cat([rows, cols]).to(labels.device).split([bottom - top, right - left])
-    return labels.index_select(-2, sources[0]).index_select(-1, sources[1])
+    return _take(_take(labels, sources[0], -2), sources[1], -1)
 
 
 # ------------------------------------------------------------------------------------------------ colour
@@ -154,6 +162,11 @@ def rgb_to_hsv_uint8(image: torch.Tensor) -> torch.Tensor:
     return torch.stack([hue, saturation, value]).to(torch.uint8)
 
 
+def _to_float32(values: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 through int32 (the same values; torch's direct CPU conversion is ~6x slower)."""
+    return values.to(torch.int32).to(torch.float32)
+
+
 def hsv_to_rgb_uint8(hsv: torch.Tensor) -> torch.Tensor:
     """(3, H, W) uint8 HSV (OpenCV's 8-bit convention) -> (3, H, W) uint8 RGB, with the arithmetic of OpenCV 5's
     vectorised 8-bit path as compiled for CPUs with FMA (every x86-64 CPU with AVX2, aarch64): float32 maths,
@@ -166,12 +179,12 @@ def hsv_to_rgb_uint8(hsv: torch.Tensor) -> torch.Tensor:
     float64 (exact: a product of two float32 values) and rounded once to float32, so every device gives the same
     bytes.
     """
-    hue = hsv[0].to(torch.float32).mul_(_HUE_SCALE)
+    hue = _to_float32(hsv[0]).mul_(_HUE_SCALE)
     sector = hue.trunc()
     fraction = hue.sub_(sector)  # in [0, 1)
     sector = sector.sub_(sector.mul(1.0 / 6.0).trunc_().mul_(6.0)).to(torch.uint8)  # cv2's sector, also for H >= 180
-    saturation = hsv[1].to(torch.float32).mul_(_INV_255)
-    value = hsv[2].to(torch.float32).mul_(_INV_255)
+    saturation = _to_float32(hsv[1]).mul_(_INV_255)
+    value = _to_float32(hsv[2]).mul_(_INV_255)
 
     def one_minus_fused(factor: torch.Tensor) -> torch.Tensor:  # float32(1 - s * factor), one rounding
         return saturation.to(torch.float64).mul_(factor.to(torch.float64)).neg_().add_(1.0).to(torch.float32)
