@@ -66,6 +66,7 @@ from .train_arguments import (
     ModelArguments,
     RecipeArguments,
     available_recipes,
+    available_workers,
     parse_arguments,
     read_recipe,
 )
@@ -356,6 +357,7 @@ __all__ = [
     "RecipeArguments",
     "SemanticFPNTrainer",
     "available_recipes",
+    "available_workers",
     "build_model",
     "build_processor",
     "check_eval_batch_size",

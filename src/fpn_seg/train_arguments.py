@@ -181,19 +181,24 @@ def parse_arguments(
     """(model, data, recipe, training) arguments: built-in defaults < recipe file < command-line flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES, prog="fpn-seg train")
-    recipe_finder = argparse.ArgumentParser(add_help=False)
-    recipe_finder.add_argument("--recipe")
-    recipe = recipe_finder.parse_known_args(argv)[0].recipe
-    if recipe:
-        parser.set_defaults(**_typed_recipe_values(parser, read_recipe(recipe), str(recipe_path(recipe))))
     argv = _resolve_auto_flags(argv)
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--recipe")
+    finder.add_argument("--dataloader_num_workers", type=int)
+    found = finder.parse_known_args(argv)[0]
+    defaults = {}
+    if found.recipe:
+        defaults = _typed_recipe_values(parser, read_recipe(found.recipe), str(recipe_path(found.recipe)))
+    workers = found.dataloader_num_workers
+    if (defaults.get("dataloader_num_workers", 0) if workers is None else workers) == 0:
+        # Loading in the main process: the recipe's worker settings do not apply (TrainingArguments refuses them).
+        defaults.update(dataloader_persistent_workers=False, dataloader_prefetch_factor=None)
+    parser.set_defaults(**defaults)
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     for key, value in FORCED_TRAINING_SETTINGS.items():
         setattr(training_args, key, value)
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False  # every parameter gets a gradient: skip DDP's extra pass
-    if training_args.dataloader_num_workers == 0:  # loading in the main process: nothing to keep alive or prefetch
-        training_args.dataloader_persistent_workers, training_args.dataloader_prefetch_factor = False, None
     if training_args.dataloader_pin_memory:  # pinned batches are worth it only with asynchronous copies
         training_args.accelerator_config.non_blocking = True
     return model_args, data_args, recipe_args, training_args

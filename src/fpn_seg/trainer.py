@@ -27,7 +27,7 @@ from transformers import Trainer, TrainingArguments
 
 from .data import TrainTransform
 from .data.image_ops import TorchImageOps, opencv_hsv_matches
-from .data.reading import ReadingLog, TrainingDataError, read_training_example, storage_columns
+from .data.reading import ReadingLog, TrainingDataError, example_files, read_training_example, storage_columns
 from .data.transforms import mix_seed, single_threaded
 from .metrics.trainer import TRAINER_PADDING_INDEX
 
@@ -96,14 +96,12 @@ class AugmentedTrainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> TrainingExample:
         epoch, index = (int(part) for part in key)
-        self.reading_log.record(f"training example {index} of {len(self)}")
         example = self.dataset[index]
         transform = self.transform
+        columns = (transform.image_column, transform.label_column)
+        self.reading_log.record(" + ".join(example_files(example, index, *columns)))
         with single_threaded():  # per-example work is small: one thread is faster
-            image, labels, source = read_training_example(
-                example, index, transform.image_column, transform.label_column, transform.processor
-            )
-            self.reading_log.record(source)
+            image, labels, source = read_training_example(example, index, *columns, transform.processor)
             if self.augment_on == "workers":
                 generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
                 image, labels = transform.augment_example(image, labels, generator)  # (3, h, w) uint8, (h, w)

@@ -103,8 +103,8 @@ def _decode_with_opencv(source: bytes | str | os.PathLike, header, label: bool) 
 
 def _read_image(value: Any, name: str) -> torch.Tensor:
     source = _source(value)
-    if source is None:
-        return image_to_tensor(value)
+    if source is None:  # an image object or array (nested lists: a `datasets` column of arrays)
+        return image_to_tensor(np.asarray(value) if isinstance(value, list) else value)
     with open_image(source, name, decode=False) as header:
         array = _decode_with_opencv(source, header, label=False)
     if array is None:
@@ -116,7 +116,7 @@ def _read_label(value: Any, name: str, processor) -> torch.Tensor:
     source = _source(value)
     if source is None:
         check_label_policy(value, processor)
-        return raw_label_tensor(value)
+        return raw_label_tensor(np.asarray(value) if isinstance(value, list) else value)
     with open_image(source, name, decode=False) as header:
         check_label_policy(header, processor)  # the mark is a text chunk before the pixels
         array = _decode_with_opencv(source, header, label=True)
@@ -125,13 +125,20 @@ def _read_label(value: Any, name: str, processor) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
+def example_files(example: dict[str, Any], index: int, image_column: str, label_column: str) -> tuple[str, str]:
+    """The names of an example's image and label files (or what stands for them), for messages."""
+    return (
+        _name(example[image_column], f"image of training example {index}"),
+        _name(example[label_column], f"label map of training example {index}"),
+    )
+
+
 def read_training_example(
     example: dict[str, Any], index: int, image_column: str, label_column: str, processor
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(uint8 (3, H, W) image, raw (H, W) labels, a description of the example's files) of one example; raises a
     [`TrainingDataError`] naming the files when they cannot be read, differ in size or carry another label policy."""
-    image_name = _name(example[image_column], f"image of training example {index}")
-    label_name = _name(example[label_column], f"label map of training example {index}")
+    image_name, label_name = example_files(example, index, image_column, label_column)
     try:
         image = _read_image(example[image_column], image_name)
         labels = _read_label(example[label_column], label_name, processor)
@@ -193,4 +200,4 @@ class ReadingLog:
         )
 
 
-__all__ = ["ReadingLog", "TrainingDataError", "read_training_example", "storage_columns"]
+__all__ = ["ReadingLog", "TrainingDataError", "example_files", "read_training_example", "storage_columns"]
