@@ -1,8 +1,9 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv (CPU torch first, so that no CUDA build is
 # pulled in) and install the package with its extras: dev (tests, notebooks), onnx (export, int8, ONNX Runtime), opencv
 # (the training data pipeline's fast path), bench (OpenVINO as the benchmarks' peer runtime), at the versions of
-# constraints.txt (the set the suite was last green with). `make test-latest` runs the suite in .venv-latest against the newest releases setup.cfg allows;
-# `make constraints` does that, then rewrites constraints.txt from it (refresh on purpose, after a green run).
+# constraints.txt (the set the suite was last green with). `make test-latest` runs the suite in .venv-latest against
+# the newest releases setup.cfg allows; `make constraints` does that, then rewrites constraints.txt from it (refresh
+# on purpose, after a green run).
 VENV ?= .venv
 # pip's -c file; empty: the newest releases (upgraded on every install).
 CONSTRAINTS ?= constraints.txt

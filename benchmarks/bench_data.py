@@ -205,8 +205,11 @@ def cpu_costs(name: str, dataset: Dataset, recipe: str, processor, rounds: int) 
                 times[path].append(time.process_time() - start)
     medians = {path: 1000 * statistics.median(values) for path, values in times.items()}
     baseline = medians["mmseg (cv2)"]
-    rows = [{"inputs": name, "path": path, "ms_per_sample": round(value, 2), "ratio_to_mmseg": round(value / baseline, 3),
-             "samples": len(times[path])} for path, value in medians.items()]  # fmt: skip
+    rows = [
+        {"inputs": name, "path": path, "ms_per_sample": round(value, 2), "ratio_to_mmseg": round(value / baseline, 3),
+         "samples": len(times[path])}
+        for path, value in medians.items()
+    ]  # fmt: skip
     for row in rows:
         print(f"  {name:<28} {row['path']:<36} {row['ms_per_sample']:8.1f} ms   {row['ratio_to_mmseg']:.3f}x mmseg")
     return {"rows": rows}
@@ -222,6 +225,7 @@ def _read(dataset: AugmentedTrainDataset, key):
 
 def training_rates(root: Path, args, device: str) -> list[dict]:
     """Steps/s of `fpn-seg train`'s Trainer (both augmentation paths) and of the pure step on a pre-made batch."""
+    args_ = args
     from transformers import TrainerCallback
 
     from fpn_seg.data import collate_same_size
@@ -230,13 +234,18 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
     from fpn_seg.trainer import SemanticFPNTrainer
 
     class StepClock(TrainerCallback):
+        """The time at the end of the warm-up steps and of the last step, each after a device synchronisation (no
+        synchronisation in between: the CPU runs ahead as in a real run)."""
+
         def __init__(self):
-            self.times = []
+            self.times, self.steps = [], 0
 
         def on_step_end(self, args, state, control, **kwargs):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            self.times.append(time.perf_counter())
+            if state.global_step in (args_.warmup_steps, state.max_steps):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                self.times.append(time.perf_counter())
+            self.steps = state.global_step
 
     def arguments(output_dir: Path, augment_on: str):
         flags = ["--recipe", CITYSCAPES_RECIPE, "--data_dir", str(root), "--output_dir", str(output_dir),
@@ -252,8 +261,7 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
         return parse_arguments(flags)  # fmt: skip
 
     def rate(clock: StepClock) -> float:
-        times = clock.times[args.warmup_steps - 1 :]
-        return (len(times) - 1) / (times[-1] - times[0])
+        return args.steps / (clock.times[-1] - clock.times[0])
 
     results = []
     model_args, data_args, _, training_args = arguments(Path(args.workdir) / "run", "workers")
@@ -278,7 +286,7 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
         start = time.perf_counter()
         trainer.train()
         results.append({"run": f"fpn-seg train, augment_on={augment_on}", "steps_per_s": rate(clock),
-                        "wall_s": time.perf_counter() - start, "steps": len(clock.times), **loader})  # fmt: skip
+                        "wall_s": time.perf_counter() - start, "timed_steps": args.steps, **loader})  # fmt: skip
         print(f"  augment_on={augment_on:<8} {results[-1]['steps_per_s']:7.2f} steps/s")
     # The pure step: the same Trainer fed one batch made in advance, already on the device.
     model.load_state_dict(initial)
@@ -297,7 +305,7 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
     trainer = SemanticFPNTrainer(model=model, args=training_args, train_dataset=premade,
                                  data_collator=premade.collate, callbacks=[clock])  # fmt: skip
     trainer.train()
-    results.append({"run": "pure step (pre-made device batch)", "steps_per_s": rate(clock), "steps": len(clock.times)})
+    results.append({"run": "pure step (pre-made device batch)", "steps_per_s": rate(clock), "timed_steps": args.steps})
     print(f"  pure step          {results[-1]['steps_per_s']:7.2f} steps/s")
     pure = results[-1]["steps_per_s"]
     for row in results:
@@ -363,7 +371,7 @@ def main(argv=None) -> dict:
         city_root = write_cityscapes(root / "cityscapes_cpu", render_scenes(count + 1, city_size, processes))
         city = load_cityscapes(city_root, splits=("train",), progress=False)["train"]
         ade = write_ade20k(root / "ade20k", render_scenes(2 if args.quick else 8, ade_size, processes))
-        print(f"  {time.perf_counter() - started:.0f} s. Cost of one training sample on one core (CPU time):", flush=True)
+        print(f"  {time.perf_counter() - started:.0f} s. One training sample on one core (CPU time):", flush=True)
         rounds = args.rounds or 3
         city_processor = preset_processor(CITYSCAPES_RECIPE)
         ade_processor = preset_processor(ADE20K_RECIPE)

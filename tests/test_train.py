@@ -439,8 +439,8 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(scenes, tmp_path):
     batch = dataset.prepare_batch(next(iter(loader)))
     decoded = AugmentedTrainDataset(raw, transform, seed=3, augment_on="device")  # the public transform on its items
     expected = [
-        transform.transform_example(decoded[key].image, decoded[key].label, torch.Generator().manual_seed(mix_seed(3, *key)))
-        for key in orders[1][:4]
+        transform.transform_example(decoded[key].image, decoded[key].label, torch.Generator().manual_seed(seed))
+        for key, seed in ((key, mix_seed(3, *key)) for key in orders[1][:4])
     ]
     assert torch.equal(batch["pixel_values"], torch.stack([pixel_values for pixel_values, _ in expected]))
     assert torch.equal(batch["labels"], torch.stack([labels for _, labels in expected]))

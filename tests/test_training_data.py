@@ -78,7 +78,8 @@ def test_device_path_gives_the_worker_path_tensors_bit_for_bit(jpeg, tmp_path):
     for epoch in range(3):
         keys = [(epoch, index) for index in range(len(data))]
         expected, got = batch_of(workers, keys), batch_of(device, keys)
-        assert expected["pixel_values"].shape == (len(data), 3, *CROP) and expected["labels"].shape == (len(data), *CROP)
+        assert expected["pixel_values"].shape == (len(data), 3, *CROP)
+        assert expected["labels"].shape == (len(data), *CROP)
         assert torch.equal(expected["pixel_values"], got["pixel_values"])
         assert torch.equal(expected["labels"], got["labels"])
         padded += int((expected["labels"][:, -1, -1] == 255).sum())

@@ -75,7 +75,9 @@ def _check_box(size: Sequence[int], box: Sequence[int] | None) -> tuple[int, int
         return 0, height, 0, width
     top, bottom, left, right = (int(side) for side in box)
     if not (0 <= top < bottom <= height and 0 <= left < right <= width):
-        raise ValueError(f"box {tuple(box)} (top, bottom, left, right) is not a non-empty window of size {tuple(size)}.")
+        raise ValueError(
+            f"box {tuple(box)} (top, bottom, left, right) is not a non-empty window of size {tuple(size)}."
+        )
     return top, bottom, left, right
 
 

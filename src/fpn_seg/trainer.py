@@ -112,7 +112,8 @@ class AugmentedTrainDataset(torch.utils.data.Dataset):
         on `device` (default: the images'): augmented there first when the workers only decoded, then normalised and
         padded there. Each example's draws come from its own CPU generator (seeded by `(seed, epoch, index)`)."""
         pixel_values, labels = [], []
-        for image, label, key, augmented in zip(batch["images"], batch["label_maps"], batch["keys"], batch["augmented"]):
+        examples = zip(batch["images"], batch["label_maps"], batch["keys"], batch["augmented"])
+        for image, label, key, augmented in examples:
             if device is not None:
                 image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
             if not augmented:
@@ -199,7 +200,8 @@ class SemanticFPNTrainer(Trainer):
             return super().train(*args, **kwargs)
         except RuntimeError as error:
             log = getattr(self.train_dataset, "reading_log", None)
-            described = None if isinstance(error, TrainingDataError) or log is None else log.describe_worker_failure(error)
+            worker_died = not isinstance(error, TrainingDataError) and log is not None
+            described = log.describe_worker_failure(error) if worker_died else None
             if described is None:
                 raise
             raise TrainingDataError(described) from error

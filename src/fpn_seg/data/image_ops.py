@@ -96,7 +96,7 @@ class TorchImageOps:
 
     @staticmethod
     def resize(image: torch.Tensor, size: Sequence[int], box: Sequence[int]) -> torch.Tensor:
-        """The window `box` (top, bottom, left, right) of the bilinear resize to `size`; only that window is computed."""
+        """The window `box` (top, bottom, left, right) of the bilinear resize to `size`, computing that window only."""
         return resize_linear_uint8(image, size, box)
 
     @staticmethod

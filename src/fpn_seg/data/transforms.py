@@ -322,7 +322,8 @@ class TrainTransform:
             for position, (image, label) in enumerate(zip(images, labels)):
                 check_label_policy(label, self.processor)
                 generator = torch.Generator().manual_seed(mix_seed(call_seed, position))
-                pixel_values, label_ids = self.transform_example(image_to_tensor(image), raw_label_tensor(label), generator)
+                image, raw_labels = image_to_tensor(image), raw_label_tensor(label)
+                pixel_values, label_ids = self.transform_example(image, raw_labels, generator)
                 output["pixel_values"].append(pixel_values)
                 output["labels"].append(label_ids)
         return output
