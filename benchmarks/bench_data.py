@@ -231,7 +231,7 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
     from fpn_seg.data import collate_same_size
     from fpn_seg.train import build_model, build_processor, load_training_data
     from fpn_seg.train_arguments import parse_arguments
-    from fpn_seg.trainer import SemanticFPNTrainer
+    from fpn_seg.trainer import SemanticFPNTrainer, collate_training_examples
 
     class StepClock(TrainerCallback):
         """The time at the end of the warm-up steps and of the last step, each after a device synchronisation (no
@@ -263,13 +263,23 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
     def rate(clock: StepClock) -> float:
         return args.steps / (clock.times[-1] - clock.times[0])
 
-    results = []
+    results: list[dict] = []
     model_args, data_args, _, training_args = arguments(Path(args.workdir) / "run", "workers")
     model = build_model(model_args)
     initial = {key: value.clone() for key, value in model.state_dict().items()}
     processor = build_processor(model_args, data_args, model.config)
     train_split = load_training_data(data_args, [data_args.train_split])[data_args.train_split]
     crop_size = tuple(data_args.crop_size)
+    # The two paths on this device: the same tensors for the same keys (the tests check it on the CPU).
+    transform = TrainTransform(processor, crop_size)
+    keys = [(0, index) for index in range(min(4, len(train_split)))]
+    batches = [
+        dataset.prepare_batch(collate_training_examples([dataset[key] for key in keys]), training_args.device)
+        for dataset in (AugmentedTrainDataset(train_split, transform, 0, path) for path in ("workers", "device"))
+    ]
+    same = all(torch.equal(batches[0][key], batches[1][key]) for key in ("pixel_values", "labels"))
+    results.append({"run": "device path == worker path (bit for bit, 4 examples)", "equal": same})
+    print(f"  device path gives the worker path's tensors on {training_args.device}: {same}")
     for augment_on in ("workers", "device"):
         model.load_state_dict(initial)
         model_args, data_args, _, training_args = arguments(Path(args.workdir) / augment_on, augment_on)
@@ -309,7 +319,8 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
     print(f"  pure step          {results[-1]['steps_per_s']:7.2f} steps/s")
     pure = results[-1]["steps_per_s"]
     for row in results:
-        row["fraction_of_pure"] = round(row["steps_per_s"] / pure, 3)
+        if "steps_per_s" in row:
+            row["fraction_of_pure"] = round(row["steps_per_s"] / pure, 3)
     return results
 
 

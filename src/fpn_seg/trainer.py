@@ -204,7 +204,10 @@ class SemanticFPNTrainer(Trainer):
             described = log.describe_worker_failure(error) if worker_died else None
             if described is None:
                 raise
-            raise TrainingDataError(described) from error
+        # Raised outside the `except` block, without the torch error as its context: its traceback held the
+        # DataLoader iterator, whose end shuts the other workers down and unregisters them from torch's SIGCHLD
+        # handler (which would otherwise raise again, at a random moment, when any child process exits).
+        raise TrainingDataError(described)
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
