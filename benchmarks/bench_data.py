@@ -51,7 +51,6 @@ from fpn_seg.data.image_ops import load_opencv, opencv_hsv_matches
 from fpn_seg.data.reading import storage_columns
 from fpn_seg.data.synthetic import render_street_scene
 from fpn_seg.data.transforms import keep_ratio_size, mix_seed
-from fpn_seg.image_processing_semantic_fpn import image_to_tensor
 from fpn_seg.presets import preset_processor
 from fpn_seg.trainer import AugmentedTrainDataset
 

@@ -4,7 +4,8 @@ for bit; the loader the Trainer builds from the recipes; bad input on both paths
 and in the main process; a worker that dies is reported with the files it was reading."""
 
 import os
-import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,23 +195,44 @@ def test_fpn_seg_train_reports_a_corrupt_image_met_mid_epoch_in_one_line(tmp_pat
     assert "in DataLoader worker process 0" in error
 
 
-def test_a_worker_that_dies_is_reported_with_the_files_it_was_reading(tmp_path, monkeypatch):
-    """A worker killed while reading (as by the kernel's out-of-memory killer, or a crashing decoder): torch only says
-    that the worker exited; the trainer names the files."""
-    import fpn_seg.trainer
+# Trains with one DataLoader worker that is SIGKILLed while it reads example 2 (as by the kernel's out-of-memory
+# killer, or a decoder crashing on a file), and prints what the trainer raised. In its own process: torch reports dead
+# workers from a SIGCHLD handler, which must not meet the test runner's other children.
+DIE_WHILE_READING = """
+import os, signal, sys
+import torch
+import fpn_seg.trainer
+from test_training_data import CROP, PROCESSOR, dataset_of, tiny_trainer, write_pairs
+from fpn_seg.data import TrainTransform
+from fpn_seg.data.reading import TrainingDataError
+from pathlib import Path
 
-    pairs = write_pairs(tmp_path, SIZES[:4])
-    read = fpn_seg.trainer.read_training_example
+folder = Path(sys.argv[1])
+pairs = write_pairs(folder, [(40, 56)] * 4)
+read = fpn_seg.trainer.read_training_example
 
-    def read_and_die_on_example_2(example, index, *args):
-        if index == 2 and torch.utils.data.get_worker_info() is not None:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return read(example, index, *args)
+def read_and_die_on_example_2(example, index, *args):
+    if index == 2 and torch.utils.data.get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return read(example, index, *args)
 
-    monkeypatch.setattr(fpn_seg.trainer, "read_training_example", read_and_die_on_example_2)
-    data = AugmentedTrainDataset(dataset_of(pairs), TrainTransform(PROCESSOR, CROP), 0, "device")
-    with pytest.raises(TrainingDataError) as died:
-        tiny_trainer(data, tmp_path, workers=1).train()
-    message = str(died.value)
+fpn_seg.trainer.read_training_example = read_and_die_on_example_2
+data = fpn_seg.trainer.AugmentedTrainDataset(dataset_of(pairs), TrainTransform(PROCESSOR, CROP), 0, "device")
+try:
+    tiny_trainer(data, folder, workers=1).train()
+except TrainingDataError as error:
+    print("RAISED", str(error))
+    print("FILES", pairs[2][0], pairs[2][1])
+"""
+
+
+def test_a_worker_that_dies_is_reported_with_the_files_it_was_reading(tmp_path):
+    """torch only says that a worker exited; the trainer names the files it was reading."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    completed = subprocess.run([sys.executable, "-c", DIE_WHILE_READING, str(tmp_path)], capture_output=True,
+                               text=True, timeout=300, env=env)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in completed.stdout.splitlines() if line.startswith(("RAISED", "FILES")))
+    message, files = lines["RAISED"], lines["FILES"].split(" ")
     assert message.startswith("a DataLoader worker died (DataLoader worker (pid") and "\n" not in message
-    assert f"was reading {pairs[2][0]} + {pairs[2][1]}" in message and "out of memory" in message
+    assert f"was reading {files[0]} + {files[1]}" in message and "out of memory" in message
