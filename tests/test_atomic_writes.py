@@ -161,7 +161,8 @@ def test_save_pretrained_killed_while_moving_in_leaves_no_loadable_mix(previous_
 
     left = snapshot(folder)
     assert not MODEL_FILES & set(left)
-    processor_files = {"preprocessor_config.json", "image_processing_semantic_fpn.py"}  # the processor's own save
+    # The processor's own save: its config and code (with opencv_exact.py, the sibling only it imports).
+    processor_files = {"preprocessor_config.json", "image_processing_semantic_fpn.py", "opencv_exact.py"}
     assert set(left) == processor_files | {"README.md", "checkpoint-2/trainer_state.json"}
     with pytest.raises(ValueError, match="Unrecognized model"):
         AutoModelForSemanticSegmentation.from_pretrained(folder)

@@ -47,3 +47,18 @@ def test_deployment_benchmark_runs_every_runtime(tmp_path):
         assert results[exact]["max_abs_diff"] < 1e-3 and results[exact]["argmax_agreement"] > 0.99, exact
     assert all(row["median_s"] > 0 and row["peak_rss_mib"] > 0 for row in results.values())
     assert "Time / torch eager" in stdout and "Goals (issue 12)" in stdout
+
+
+def test_data_benchmark_runs_on_the_cpu(tmp_path):
+    """Small scenes, a tiny model, a few steps: every table row and both training paths are produced."""
+    output = tmp_path / "data.json"
+    stdout = run_script("bench_data.py", "--device", "cpu", "--quick", "--output", str(output))
+    report = json.loads(output.read_text())
+    paths = {"worker path", "TrainTransform (+ normalise, pad)", "decode-only path", "mmseg (cv2)"}
+    assert {row["path"] for row in report["cpu"]} == paths and len(report["cpu"]) == 2 * len(paths)
+    assert all(row["ms_per_sample"] > 0 for row in report["cpu"])
+    equal, *rates = report["training"]
+    assert equal["equal"] is True  # the device path's tensors are the worker path's
+    assert [row["run"] for row in rates] == ["fpn-seg train, augment_on=workers", "fpn-seg train, augment_on=device",
+                                             "pure step (pre-made device batch)"]  # fmt: skip
+    assert all(row["steps_per_s"] > 0 for row in rates) and "x mmseg" in stdout

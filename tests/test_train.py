@@ -28,6 +28,7 @@ from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig
 from fpn_seg.presets import PRESETS, preset_config
 from fpn_seg.conversion import convert_imagenet_backbone
 from fpn_seg.data import TrainTransform, collate_same_size, generate_street_scenes, load_cityscapes
+from fpn_seg.data.transforms import mix_seed
 from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
 from fpn_seg.metrics import mean_iou
 from fpn_seg.train import (
@@ -37,6 +38,7 @@ from fpn_seg.train import (
     ModelArguments,
     SemanticFPNTrainer,
     available_recipes,
+    available_workers,
     build_model,
     build_processor,
     convert_to_sync_batch_norm,
@@ -280,12 +282,18 @@ def uninterrupted(workdir, recipe, scenes) -> Path:
     return output_dir
 
 
-def test_resume_after_sigkill_inside_a_save_gives_the_same_weights(uninterrupted, workdir, recipe, scenes, monkeypatch,
-                                                                   caplog):  # fmt: skip
-    killed_dir = workdir / "killed"
+@pytest.mark.parametrize("augment_on", ["workers", "device"])
+def test_resume_after_sigkill_inside_a_save_gives_the_same_weights(augment_on, uninterrupted, workdir, recipe, scenes,
+                                                                   monkeypatch, caplog):  # fmt: skip
+    """The uninterrupted run augments in the workers; the killed and resumed runs augment in the workers, or on the
+    training device (the CPU here, with one DataLoader worker that only decodes): the same weights either way."""
+    killed_dir = workdir / f"killed_{augment_on}"
+    flags = [*RESUME_FLAGS, "--augment_on", augment_on]
+    if augment_on == "device":
+        flags += ["--dataloader_num_workers", "1"]
     command = [sys.executable, "-c", KILL_INSIDE_SAVE, "6", "--recipe", str(recipe), "--data_dir", str(scenes)]
     completed = subprocess.run(
-        [*command, "--output_dir", str(killed_dir), *RESUME_FLAGS],
+        [*command, "--output_dir", str(killed_dir), *flags],
         capture_output=True, text=True, timeout=300, env=subprocess_env(),
     )  # fmt: skip
     assert completed.returncode == -signal.SIGKILL, completed.stdout[-2000:] + completed.stderr[-3000:]
@@ -307,7 +315,7 @@ def test_resume_after_sigkill_inside_a_save_gives_the_same_weights(uninterrupted
         return original_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", recording_load)
-    run_train(recipe, scenes, killed_dir, *RESUME_FLAGS, "--resume_from_checkpoint", "last")
+    run_train(recipe, scenes, killed_dir, *flags, "--resume_from_checkpoint", "last")
     monkeypatch.undo()
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {name for name, _ in loads}
     assert all(weights_only is True for _, weights_only in loads), loads
@@ -401,11 +409,12 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(scenes, tmp_path):
     Trainer's dataloader follows `set_epoch`."""
     raw = load_cityscapes(scenes, splits=("train",), progress=False)["train"]
     processor = SemanticFPNImageProcessor(scale=(SIZE[1], SIZE[0]))
-    dataset = AugmentedTrainDataset(raw, TrainTransform(processor, SIZE), seed=3)
-    first = dataset[(0, 5)]
+    transform = TrainTransform(processor, SIZE)
+    dataset = AugmentedTrainDataset(raw, transform, seed=3)
+    first = dataset[(0, 5)]  # the uint8 crop and its training ids (normalised and padded by the trainer's step)
     torch.manual_seed(1234)
-    assert all(torch.equal(first[key], dataset[(0, 5)][key]) for key in first)
-    assert not torch.equal(first["pixel_values"], dataset[(1, 5)]["pixel_values"])
+    assert torch.equal(first.image, dataset[(0, 5)].image) and torch.equal(first.label, dataset[(0, 5)].label)
+    assert not torch.equal(first.image, dataset[(1, 5)].image)
 
     sampler = EpochShuffleSampler(len(dataset), seed=3)
     orders = {}
@@ -427,8 +436,14 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(scenes, tmp_path):
     )
     loader = trainer.get_train_dataloader()
     loader.set_epoch(1)  # as the Trainer does before each epoch
-    batch, expected = next(iter(loader)), collate_same_size([dataset[key] for key in orders[1][:4]])
-    assert all(torch.equal(batch[key], expected[key]) for key in ("pixel_values", "labels"))
+    batch = dataset.prepare_batch(next(iter(loader)))
+    decoded = AugmentedTrainDataset(raw, transform, seed=3, augment_on="device")  # the public transform on its items
+    expected = [
+        transform.transform_example(decoded[key].image, decoded[key].label, torch.Generator().manual_seed(seed))
+        for key, seed in ((key, mix_seed(3, *key)) for key in orders[1][:4])
+    ]
+    assert torch.equal(batch["pixel_values"], torch.stack([pixel_values for pixel_values, _ in expected]))
+    assert torch.equal(batch["labels"], torch.stack([labels for _, labels in expected]))
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -485,6 +500,9 @@ def test_builtin_recipes_follow_mmseg(name, tmp_path):
     assert training_args.lr_scheduler_type == "polynomial" and training_args.warmup_steps == 0
     assert training_args.lr_scheduler_kwargs == {"lr_end": 0.0001, "power": 0.9}
     assert training_args.max_grad_norm == 0.0
+    # Data loading for GPUs (tests/test_training_data.py checks the loader the Trainer builds from it).
+    assert training_args.dataloader_num_workers == available_workers() and data_args.augment_on == "auto"
+    assert training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor == 2
 
 
 def test_labels_outside_the_classes_stop_before_training(workdir, recipe, scenes, tmp_path):

@@ -66,10 +66,12 @@ from .train_arguments import (
     ModelArguments,
     RecipeArguments,
     available_recipes,
+    available_workers,
     parse_arguments,
     read_recipe,
 )
 from .resume import resolve_checkpoint
+from .data.reading import TrainingDataError
 from .trainer import AugmentedTrainDataset, EpochShuffleSampler, SemanticFPNTrainer
 from .visualize import plot_training_curves
 
@@ -279,7 +281,12 @@ def run_training(argv: Sequence[str] | None = None) -> dict[str, float]:
             f"{where}, split {data_args.train_split!r}",
         )  # fmt: skip
         data_seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-        train_dataset = AugmentedTrainDataset(train_dataset, TrainTransform(processor, crop_size), data_seed)
+        augment_on = data_args.augment_on
+        if augment_on == "auto":
+            augment_on = "workers" if training_args.device.type == "cpu" else "device"
+        train_dataset = AugmentedTrainDataset(
+            train_dataset, TrainTransform(processor, crop_size), data_seed, augment_on=augment_on
+        )
     if data_args.eval_split in datasets:
         eval_dataset = datasets[data_args.eval_split]
         if data_args.max_eval_samples:
@@ -337,7 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> None:
         run_training(argv)
 
-    return run_command("train", work, usage=(ValueError, KeyError, OSError, StrictDataclassError))
+    return run_command(
+        "train", work, usage=(ValueError, KeyError, OSError, StrictDataclassError), failed=(TrainingDataError,)
+    )
 
 
 __all__ = [
@@ -348,6 +357,7 @@ __all__ = [
     "RecipeArguments",
     "SemanticFPNTrainer",
     "available_recipes",
+    "available_workers",
     "build_model",
     "build_processor",
     "check_eval_batch_size",

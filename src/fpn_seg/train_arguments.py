@@ -5,6 +5,7 @@ config) read under the command-line flags: built-in defaults < recipe < flags.
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -61,6 +62,12 @@ class DataArguments:
     scale: list[int] | None = field(default=None, metadata={"help": "mmseg (long, short) scale; test scale too."})
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    augment_on: str = field(
+        default="auto",
+        metadata={"help": "Where the training augmentation runs: auto (the training device unless it is the CPU, "
+                  "else the DataLoader workers), device (workers only decode) or workers.",
+                  "choices": ["auto", "device", "workers"]},
+    )  # fmt: skip
 
 
 @dataclass
@@ -86,6 +93,19 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArgu
 # Settings a segmentation run needs whatever the recipe says: image/label columns must reach the transforms, the
 # metric streams batch by batch, and the label tensor is called "labels".
 FORCED_TRAINING_SETTINGS = {"remove_unused_columns": False, "batch_eval_metrics": True, "label_names": ["labels"]}
+AUTO = "auto"
+
+
+def available_workers() -> int:
+    """`dataloader_num_workers: auto`: the cores this process may run on (`os.sched_getaffinity`), shared among the
+    local processes of a distributed run (`LOCAL_WORLD_SIZE`), less one for the training process itself; at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, cores // local_processes - 1)
+
+
+# Fields that also take "auto", resolved before the typed parsing (TrainingArguments wants an int).
+AUTO_VALUES = {"dataloader_num_workers": available_workers}
 
 
 # ------------------------------------------------------------------------------------------------ recipes
@@ -140,6 +160,8 @@ def _typed_recipe_values(parser: argparse.ArgumentParser, values: dict[str, Any]
         actions.setdefault(action.dest, action)
     typed = {}
     for key, value in values.items():
+        if key in AUTO_VALUES and value == AUTO:
+            value = AUTO_VALUES[key]()
         convert = getattr(actions.get(key), "type", None)
         try:
             if convert is None or value is None:
@@ -159,27 +181,53 @@ def parse_arguments(
     """(model, data, recipe, training) arguments: built-in defaults < recipe file < command-line flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES, prog="fpn-seg train")
-    recipe_finder = argparse.ArgumentParser(add_help=False)
-    recipe_finder.add_argument("--recipe")
-    recipe = recipe_finder.parse_known_args(argv)[0].recipe
-    if recipe:
-        parser.set_defaults(**_typed_recipe_values(parser, read_recipe(recipe), str(recipe_path(recipe))))
+    argv = _resolve_auto_flags(argv)
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--recipe")
+    finder.add_argument("--dataloader_num_workers", type=int)
+    found = finder.parse_known_args(argv)[0]
+    defaults = {}
+    if found.recipe:
+        defaults = _typed_recipe_values(parser, read_recipe(found.recipe), str(recipe_path(found.recipe)))
+    workers = found.dataloader_num_workers
+    if (defaults.get("dataloader_num_workers", 0) if workers is None else workers) == 0:
+        # Loading in the main process: the recipe's worker settings do not apply (TrainingArguments refuses them).
+        defaults.update(dataloader_persistent_workers=False, dataloader_prefetch_factor=None)
+    parser.set_defaults(**defaults)
     model_args, data_args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     for key, value in FORCED_TRAINING_SETTINGS.items():
         setattr(training_args, key, value)
     if training_args.ddp_find_unused_parameters is None:
         training_args.ddp_find_unused_parameters = False  # every parameter gets a gradient: skip DDP's extra pass
+    if training_args.dataloader_pin_memory:  # pinned batches are worth it only with asynchronous copies
+        training_args.accelerator_config.non_blocking = True
     return model_args, data_args, recipe_args, training_args
+
+
+def _resolve_auto_flags(argv: list[str]) -> list[str]:
+    """`--<field> auto` (or `--<field>=auto`) for the fields of `AUTO_VALUES` replaced by the resolved value."""
+    resolved = []
+    for position, argument in enumerate(argv):
+        name, _, inline = argument.partition("=")
+        field_name = name.removeprefix("--")
+        if name.startswith("--") and field_name in AUTO_VALUES and inline == AUTO:
+            argument = f"{name}={AUTO_VALUES[field_name]()}"
+        elif position and argv[position - 1].removeprefix("--") in AUTO_VALUES and argument == AUTO:
+            argument = str(AUTO_VALUES[argv[position - 1].removeprefix("--")]())
+        resolved.append(argument)
+    return resolved
 
 
 __all__ = [
     "ARGUMENT_CLASSES",
+    "AUTO_VALUES",
     "FORCED_TRAINING_SETTINGS",
     "RECIPES_DIR",
     "DataArguments",
     "ModelArguments",
     "RecipeArguments",
     "available_recipes",
+    "available_workers",
     "parse_arguments",
     "read_recipe",
     "recipe_path",

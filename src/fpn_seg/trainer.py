@@ -1,20 +1,47 @@
-"""The training library: [`SemanticFPNTrainer`] (mmseg's optimiser, exact multi-process evaluation) and the
-deterministic training order and augmentation ([`EpochShuffleSampler`], [`AugmentedTrainDataset`]) that make
-resumed runs equal uninterrupted ones. The `fpn-seg train` script (`fpn_seg.train`) sits on top.
+"""The training library: [`SemanticFPNTrainer`] (mmseg's optimiser, exact multi-process evaluation, augmentation on
+the training device) and the deterministic training order and augmentation ([`EpochShuffleSampler`],
+[`AugmentedTrainDataset`]) that make resumed runs equal uninterrupted ones. The `fpn-seg train` script
+(`fpn_seg.train`) sits on top.
+
+**Where the augmentation runs** (`AugmentedTrainDataset(augment_on=...)`):
+
+- `"workers"`: each DataLoader worker reads an example and runs mmseg's augmentation on it (OpenCV's kernels when
+  OpenCV is installed, else the torch ones), returning the uint8 crop and its training ids;
+- `"device"`: the workers only decode (uint8 image, raw label map and the example's `(epoch, index)` key), and
+  [`SemanticFPNTrainer.training_step`] augments the batch on the model's device with the torch kernels.
+
+Either way the batch is a dict of lists (sizes may differ), moved to the device by the Trainer's DataLoader (pinned,
+non-blocking when configured), and `training_step` normalises and pads it on the device. Both paths draw from the same
+per-example CPU generator, seeded by `(seed, epoch, index)`, and their kernels give the same bytes: for the same run,
+the two paths train on the same tensors, and a resumed run replays the uninterrupted one's augmentations.
 """
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from .data import TrainTransform, check_label_policy
+from .data import TrainTransform
+from .data.image_ops import TorchImageOps, opencv_hsv_matches
+from .data.reading import ReadingLog, TrainingDataError, example_files, read_training_example, storage_columns
 from .data.transforms import mix_seed, single_threaded
-from .image_processing_semantic_fpn import image_to_tensor, label_to_tensor
 from .metrics.trainer import TRAINER_PADDING_INDEX
+
+AUGMENT_ON = ("workers", "device")
+
+
+class TrainingExample(NamedTuple):
+    """An item of [`AugmentedTrainDataset`] (a tuple, so that the Trainer's column removal leaves it whole)."""
+
+    image: torch.Tensor  # uint8 (3, h, w) augmented crop, or (3, H, W) decoded image
+    label: torch.Tensor  # int64 (h, w) training ids of the crop, or the raw (H, W) label map
+    key: tuple[int, int]  # (epoch, index)
+    source: str  # the example's files, for messages
+    augmented: bool  # True when the worker augmented it
 
 # Where [`SemanticFPNTrainer`] keeps the training arguments in a checkpoint (JSON, not the Trainer's pickle).
 TRAINING_ARGS_JSON = "training_args.json"
@@ -47,25 +74,64 @@ class AugmentedTrainDataset(torch.utils.data.Dataset):
     they do not depend on what was fetched before: a run resumed from a checkpoint sees exactly the crops of the
     uninterrupted run (the DataLoader fetches ahead of the step being trained, and the Trainer restores its RNG
     states only after the first batch of the resumed epoch), whatever the number of workers or processes.
+
+    `augment_on="workers"` augments in `__getitem__` (a DataLoader worker); `"device"` only decodes there and leaves
+    the augmentation to [`prepare_batch`] on the training device (the module docstring compares them). Items are
+    [`TrainingExample`]s: the uint8 crop and its training ids, not yet normalised or padded (workers), or the decoded
+    uint8 image and raw label map (device). Collate with [`collate_training_examples`].
     """
 
-    def __init__(self, dataset: Dataset, transform: TrainTransform, seed: int):
-        self.dataset, self.transform, self.seed = dataset, transform, seed
+    def __init__(self, dataset: Dataset, transform: TrainTransform, seed: int, augment_on: str = "workers"):
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}; got {augment_on!r}.")
+        columns = [transform.image_column, transform.label_column]
+        self.dataset, self.transform, self.seed = storage_columns(dataset, columns), transform, seed
+        self.augment_on = augment_on
+        self.reading_log = ReadingLog()
+        if augment_on == "workers":
+            opencv_hsv_matches()  # checked once here; forked workers inherit the verdict
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, index = key
-        example = self.dataset[int(index)]
-        image, label = example[self.transform.image_column], example[self.transform.label_column]
-        check_label_policy(label, self.transform.processor)
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
-        with single_threaded():  # per-example tensors are small: one thread is faster
-            pixel_values, labels = self.transform.transform_example(
-                image_to_tensor(image), label_to_tensor(label), generator
-            )  # (3, crop_h, crop_w) float32, (crop_h, crop_w) int64
-        return {"pixel_values": pixel_values, "labels": labels}
+    def __getitem__(self, key: tuple[int, int]) -> TrainingExample:
+        epoch, index = (int(part) for part in key)
+        example = self.dataset[index]
+        transform = self.transform
+        columns = (transform.image_column, transform.label_column)
+        self.reading_log.record(" + ".join(example_files(example, index, *columns)))
+        with single_threaded():  # per-example work is small: one thread is faster
+            image, labels, source = read_training_example(example, index, *columns, transform.processor)
+            if self.augment_on == "workers":
+                generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
+                image, labels = transform.augment_example(image, labels, generator)  # (3, h, w) uint8, (h, w)
+        return TrainingExample(image, labels, (epoch, index), source, self.augment_on == "workers")
+
+    def prepare_batch(self, batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """A collated batch -> `{"pixel_values": float32 (B, 3, crop_h, crop_w), "labels": int64 (B, crop_h, crop_w)}`
+        on `device` (default: the images'): augmented there first when the workers only decoded, then normalised and
+        padded there. Each example's draws come from its own CPU generator (seeded by `(seed, epoch, index)`)."""
+        pixel_values, labels = [], []
+        examples = zip(batch["images"], batch["label_maps"], batch["keys"], batch["augmented"])
+        for image, label, key, augmented in examples:
+            if device is not None:
+                image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            if not augmented:
+                generator = torch.Generator().manual_seed(mix_seed(self.seed, *key))
+                image, label = self.transform.augment_example(image, label, generator, TorchImageOps)
+            example_pixels, example_labels = self.transform.finish(image, label)
+            pixel_values.append(example_pixels)
+            labels.append(example_labels)
+        return {"pixel_values": torch.stack(pixel_values), "labels": torch.stack(labels)}
+
+
+def collate_training_examples(examples: list[TrainingExample]) -> dict[str, list]:
+    """[`TrainingExample`]s -> one batch of lists, `images`, `label_maps`, `keys`, `sources`, `augmented` (images of
+    different sizes cannot be stacked before they are cropped and padded: [`AugmentedTrainDataset.prepare_batch`])."""
+    return {name: [getattr(example, field) for example in examples] for name, field in _BATCH_FIELDS.items()}
+
+
+_BATCH_FIELDS = {"images": "image", "label_maps": "label", "keys": "key", "sources": "source", "augmented": "augmented"}
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -76,7 +142,9 @@ class SemanticFPNTrainer(Trainer):
 
     - Optimiser: SGD with momentum and weight decay on every parameter (the default `Trainer` exempts biases and
       norm weights from weight decay; mmseg's sem_fpn recipe does not).
-    - Training order: an [`AugmentedTrainDataset`] is shuffled by an [`EpochShuffleSampler`] (exact resumes).
+    - Training order: an [`AugmentedTrainDataset`] is shuffled by an [`EpochShuffleSampler`] (exact resumes), its
+      batches collated as lists and turned into `pixel_values` / `labels` on the device by `training_step`
+      (augmentation there too with `augment_on="device"`); a worker that dies is reported with the file it read.
     - Evaluation: `prediction_step` returns class ids at the labels' original resolution (made by
       `compute_metrics.preprocess_logits_for_metrics`, before any gather), padded with the labels (with -100) to the
       largest height and width among processes, so that the Trainer's gather accepts images of different sizes.
@@ -104,6 +172,42 @@ class SemanticFPNTrainer(Trainer):
             folder = Path(output_dir or self.args.output_dir)
             (folder / "training_args.bin").unlink(missing_ok=True)
             (folder / TRAINING_ARGS_JSON).write_text(self.args.to_json_string())
+
+    def get_train_dataloader(self):
+        """As `Trainer.get_train_dataloader`; an [`AugmentedTrainDataset`] is collated by
+        [`collate_training_examples`] (whatever `data_collator` says: that one serves evaluation)."""
+        if not isinstance(self.train_dataset, AugmentedTrainDataset):
+            return super().get_train_dataloader()
+        data_collator, self.data_collator = self.data_collator, collate_training_examples
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = data_collator
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """As `Trainer.training_step`, after turning a batch of [`AugmentedTrainDataset`] examples into
+        `pixel_values` / `labels` on the model's device ([`AugmentedTrainDataset.prepare_batch`]: augmentation there
+        when the workers only decoded, then normalisation and padding). Override it to change what a step does with
+        its batch; call `super().training_step` with `pixel_values` and `labels`."""
+        if "images" in inputs and isinstance(self.train_dataset, AugmentedTrainDataset):
+            inputs = self.train_dataset.prepare_batch(inputs, self.args.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def train(self, *args, **kwargs):
+        """As `Trainer.train`; a DataLoader worker that dies is reported as a [`TrainingDataError`] naming the file it
+        was reading (torch only says that a worker exited)."""
+        try:
+            return super().train(*args, **kwargs)
+        except RuntimeError as error:
+            log = getattr(self.train_dataset, "reading_log", None)
+            worker_died = not isinstance(error, TrainingDataError) and log is not None
+            described = log.describe_worker_failure(error) if worker_died else None
+            if described is None:
+                raise
+        # Raised outside the `except` block, without the torch error as its context: its traceback held the
+        # DataLoader iterator, whose end shuts the other workers down and unregisters them from torch's SIGCHLD
+        # handler (which would otherwise raise again, at a random moment, when any child process exits).
+        raise TrainingDataError(described)
 
     def _get_train_sampler(self, train_dataset=None):
         train_dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -136,4 +240,12 @@ class SemanticFPNTrainer(Trainer):
             dist.broadcast(buffer, src=0)
 
 
-__all__ = ["TRAINING_ARGS_JSON", "AugmentedTrainDataset", "EpochShuffleSampler", "SemanticFPNTrainer"]
+__all__ = [
+    "AUGMENT_ON",
+    "TRAINING_ARGS_JSON",
+    "AugmentedTrainDataset",
+    "EpochShuffleSampler",
+    "SemanticFPNTrainer",
+    "TrainingExample",
+    "collate_training_examples",
+]

@@ -1,4 +1,4 @@
-"""mmsegmentation's training and evaluation data pipelines in torch (no torchvision, no cv2), for `with_transform`.
+"""mmsegmentation's training and evaluation data pipelines, for `with_transform` and for `fpn-seg train`.
 
     train = dataset["train"].with_transform(TrainTransform(processor, crop_size=(512, 1024)))
     val = dataset["validation"].with_transform(EvalTransform(processor))
@@ -15,10 +15,17 @@
 4. `RandomFlip(prob=0.5)`, horizontal;
 5. `PhotoMetricDistortion` on uint8: brightness +-32, contrast 0.5..1.5, saturation 0.5..1.5, hue +-18 (numpy's
    `randint(-18, 18)`: -18..17), each with p=0.5, contrast before or after the HSV steps at random; every step
-   rounds down to uint8 as mmseg's `convert` does; HSV follows OpenCV's 8-bit conversion (H in 0..179, fixed-point
-   tables), implemented here in torch;
+   rounds down to uint8 as mmseg's `convert` does (applied as 256-entry lookup tables: the same arithmetic per
+   value); HSV follows OpenCV's 8-bit conversion (H in 0..179, fixed-point tables);
 6. normalise (processor's mean/std), then pad bottom/right to `crop_size`: the image with 0 **after** normalisation
    (mmseg 1.x's `SegDataPreProcessor(pad_val=0, seg_pad_val=255)`), the label with `ignore_index`.
+
+Steps 2-5 are [`TrainTransform.augment_example`], step 6 [`TrainTransform.finish`]. Only the crop is computed: the
+label map is resized inside each candidate crop only (nearest neighbour picks source pixels), its classes counted with
+one `bincount`, and the image resized inside the chosen crop only (a window of a bilinear resize is exactly that window
+of the whole resize). The kernels are OpenCV's, bit for bit: `fpn_seg.opencv_exact` in torch on any device, or OpenCV
+itself in DataLoader workers when it is installed (`fpn_seg.data.image_ops`); every backend gives the same bytes for
+the same random draws, which always come from a CPU `torch.Generator`.
 
 **Randomness.** Each example gets its own `torch.Generator`, seeded from a per-call base and the example's position
 in the batch, so an example's augmentation never depends on its neighbours. The per-call base is:
@@ -39,24 +46,21 @@ evaluate with batch size 1, or collate with [`collate_same_size`] (which stacks 
 otherwise).
 """
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from torch.nn import functional as F
 
-from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
+from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor, open_image
+from ..label_policy import LabelPolicy
+from ..opencv_exact import HUE_RANGE, hsv_to_rgb_uint8, resize_nearest, rgb_to_hsv_uint8
+from .image_ops import TorchImageOps, convert_table, image_ops, load_opencv
 from .label_marks import check_label_policy
-
-_HSV_SHIFT = 12
-_HUE_RANGE = 180
-# OpenCV's 8-bit RGB -> HSV fixed-point tables (index 0 unused: 0 there).
-_S_DIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / v) for v in range(1, 256)], dtype=torch.int32)
-_H_DIV = torch.tensor([0] + [round((_HUE_RANGE << _HSV_SHIFT) / (6.0 * v)) for v in range(1, 256)], dtype=torch.int32)
-# For each hue sector, which of (v, p, q, t)-style table entries become R, G and B (OpenCV's `sector_data`).
-_SECTOR_TO_RGB = torch.tensor([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
 
 
 @contextmanager
@@ -65,13 +69,20 @@ def single_threaded() -> Iterator[None]:
 
     Per-example tensors are small: thread start-up and synchronisation cost more than they save there, and far more
     on a busy machine (measured 35x slower with 2 threads on 2 loaded cores). DataLoader workers already use one.
+    OpenCV's threads (when it is installed) are turned off likewise.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    cv2 = load_opencv()
+    opencv_threads = cv2.getNumThreads() if cv2 is not None else None
+    if opencv_threads not in (None, 1):
+        cv2.setNumThreads(0)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+        if opencv_threads not in (None, 1):
+            cv2.setNumThreads(opencv_threads)
 
 
 def mix_seed(*values: int) -> int:
@@ -93,49 +104,38 @@ def _randint(generator: torch.Generator, low: int, high: int) -> int:
 # ------------------------------------------------------------------------------------------------ colour
 
 
-def rgb_to_hsv_uint8(image: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 RGB -> (3, H, W) uint8 HSV in OpenCV's 8-bit convention (H 0..179, S and V 0..255)."""
-    rgb = image.to(torch.int32)
-    red, green, blue = rgb[0], rgb[1], rgb[2]
-    value = rgb.amax(dim=0)
-    diff = value - rgb.amin(dim=0)
-    half = 1 << (_HSV_SHIFT - 1)
-    saturation = (diff * _S_DIV[value] + half) >> _HSV_SHIFT
-    hue = torch.where(
-        value == red, green - blue, torch.where(value == green, blue - red + 2 * diff, red - green + 4 * diff)
-    )
-    hue = (hue * _H_DIV[diff] + half) >> _HSV_SHIFT  # arithmetic shift: floor for negatives, as in C
-    hue = torch.where(hue < 0, hue + _HUE_RANGE, hue)
-    return torch.stack([hue, saturation, value]).to(torch.uint8)
+def _photometric(image, generator: torch.Generator, ops, brightness_delta: int = 32,
+                 contrast_range: tuple[float, float] = (0.5, 1.5), saturation_range: tuple[float, float] = (0.5, 1.5),
+                 hue_delta: int = 18):  # fmt: skip
+    """mmseg's `PhotoMetricDistortion` with `ops`' image operations. Brightness and contrast are value-to-value maps:
+    consecutive ones are composed into one lookup table (exact: a table of tables) and applied once."""
+    pending: list[torch.Tensor | None] = [None]  # a lookup table not applied yet
 
+    def add(table: torch.Tensor) -> None:
+        pending[0] = table if pending[0] is None else table[pending[0].long()]
 
-def hsv_to_rgb_uint8(hsv: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 HSV (OpenCV's 8-bit convention) -> (3, H, W) uint8 RGB: float32 maths, truncated to uint8 as
-    OpenCV's vectorised 8-bit path does (`cv2.cvtColor` rounds only the few pixels at a row's end that its SIMD loop
-    leaves to scalar code, a number that depends on the CPU's vector width; measured against opencv 4.14 on random
-    64x256 HSV images: 0.002% of values differ, by 1)."""
-    hue = hsv[0].to(torch.float32) * (6.0 / _HUE_RANGE)
-    saturation = hsv[1].to(torch.float32) * (1.0 / 255.0)
-    value = hsv[2].to(torch.float32) * (1.0 / 255.0)
-    hue = torch.remainder(hue, 6.0)
-    sector = hue.floor().to(torch.int64).clamp_(0, 5)
-    fraction = hue - sector
-    table = torch.stack(
-        [
-            value,
-            value * (1 - saturation),
-            value * (1 - saturation * fraction),
-            value * (1 - saturation * (1 - fraction)),
-        ]
-    )  # (4, H, W)
-    index = _SECTOR_TO_RGB[sector].permute(2, 0, 1)  # (3, H, W): table entry of R, G, B
-    rgb = torch.gather(table, 0, index)
-    return (rgb * 255.0).clamp_(0, 255).to(torch.uint8)
+    def flush(image):
+        image, pending[0] = ops.lookup(image, pending[0]), None
+        return image
 
+    def contrast() -> None:
+        if _randint(generator, 0, 2):
+            add(convert_table(alpha=_uniform(generator, *contrast_range)))
 
-def _convert(image: torch.Tensor, alpha: float = 1.0, beta: float = 0.0) -> torch.Tensor:
-    """mmseg's `PhotoMetricDistortion.convert`: `uint8(clip(float32(x) * alpha + beta, 0, 255))` (truncating)."""
-    return (image.to(torch.float32) * alpha + beta).clamp_(0, 255).to(torch.uint8)
+    if _randint(generator, 0, 2):
+        add(convert_table(beta=_uniform(generator, -brightness_delta, brightness_delta)))
+    contrast_first = _randint(generator, 0, 2) == 1
+    if contrast_first:
+        contrast()
+    if _randint(generator, 0, 2):  # saturation: S -> convert(S, alpha)
+        image = ops.adjust_hsv(flush(image), 1, convert_table(alpha=_uniform(generator, *saturation_range)))
+    if _randint(generator, 0, 2):  # hue: H -> (H + delta) mod 180
+        delta = _randint(generator, -hue_delta, hue_delta)
+        hue_table = torch.remainder(torch.arange(256) + delta, HUE_RANGE).to(torch.uint8)
+        image = ops.adjust_hsv(flush(image), 0, hue_table)
+    if not contrast_first:
+        contrast()
+    return flush(image)
 
 
 def photometric_distortion(
@@ -146,29 +146,10 @@ def photometric_distortion(
     saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: int = 18,
 ) -> torch.Tensor:
-    """mmseg's `PhotoMetricDistortion` on a (3, H, W) uint8 RGB image, with draws from `generator`."""
-
-    def contrast(image: torch.Tensor) -> torch.Tensor:
-        if _randint(generator, 0, 2):
-            return _convert(image, alpha=_uniform(generator, *contrast_range))
-        return image
-
-    if _randint(generator, 0, 2):
-        image = _convert(image, beta=_uniform(generator, -brightness_delta, brightness_delta))
-    contrast_first = _randint(generator, 0, 2) == 1
-    if contrast_first:
-        image = contrast(image)
-    if _randint(generator, 0, 2):
-        hsv = rgb_to_hsv_uint8(image)
-        hsv[1] = _convert(hsv[1], alpha=_uniform(generator, *saturation_range))
-        image = hsv_to_rgb_uint8(hsv)
-    if _randint(generator, 0, 2):
-        hsv = rgb_to_hsv_uint8(image)
-        hsv[0] = torch.remainder(hsv[0].to(torch.int32) + _randint(generator, -hue_delta, hue_delta), _HUE_RANGE)
-        image = hsv_to_rgb_uint8(hsv)
-    if not contrast_first:
-        image = contrast(image)
-    return image
+    """mmseg's `PhotoMetricDistortion` on a (3, H, W) uint8 RGB image (any device), with draws from `generator`."""
+    return _photometric(
+        image, generator, TorchImageOps, brightness_delta, contrast_range, saturation_range, hue_delta
+    )
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -189,28 +170,78 @@ def random_crop_box(
     ignore_index: int = 255,
     max_retries: int = 10,
 ) -> tuple[int, int, int, int]:
-    """mmseg's `RandomCrop.crop_bbox`: `(top, bottom, left, right)` of a crop of (encoded) `labels` (H, W).
+    """mmseg's `RandomCrop.crop_bbox`: `(top, bottom, left, right)` of a crop of (encoded) `labels` (H, W), clipped
+    to the map.
 
     With `cat_max_ratio < 1`, redraws up to `max_retries` times until the crop holds at least two non-ignored classes
     and the largest covers less than `cat_max_ratio` of the non-ignored pixels; the last draw is used otherwise.
     """
-    height, width = labels.shape[-2:]
+
+    def varied(box: tuple[int, int, int, int]) -> bool:
+        values, counts = torch.unique(labels[box[0] : box[1], box[2] : box[3]], return_counts=True)
+        return _varied(counts[values != ignore_index], cat_max_ratio)
+
+    return _crop_box(tuple(labels.shape[-2:]), crop_size, generator, varied, cat_max_ratio, max_retries)
+
+
+def _crop_box(size, crop_size, generator, varied, cat_max_ratio: float, max_retries: int = 10):
+    """The draws of mmseg's `RandomCrop.crop_bbox` on a map of `size`; `varied(box)` judges a candidate crop."""
+    height, width = size
     margin_h, margin_w = max(height - crop_size[0], 0), max(width - crop_size[1], 0)
 
     def draw() -> tuple[int, int, int, int]:
         top, left = _randint(generator, 0, margin_h + 1), _randint(generator, 0, margin_w + 1)
-        return top, top + crop_size[0], left, left + crop_size[1]
+        return top, min(top + crop_size[0], height), left, min(left + crop_size[1], width)
 
     box = draw()
     if cat_max_ratio < 1.0:
         for _ in range(max_retries):
-            crop = labels[box[0] : box[1], box[2] : box[3]]
-            values, counts = torch.unique(crop, return_counts=True)
-            counts = counts[values != ignore_index]
-            if counts.numel() > 1 and counts.max().item() / counts.sum().item() < cat_max_ratio:
+            if varied(box):
                 break
             box = draw()
     return box
+
+
+def _varied(counts: torch.Tensor, cat_max_ratio: float) -> bool:
+    """At least two classes present and the largest under `cat_max_ratio` of them (`counts`: per non-ignored class,
+    zeros allowed): one device synchronisation."""
+    if counts.numel() < 2:
+        return False
+    counts = counts.to(torch.float64)
+    present = (counts > 0).sum()
+    return bool(((present > 1) & (counts.max() / counts.sum() < cat_max_ratio)).item())
+
+
+class _LabelCoder:
+    """The label policy applied to raw label maps of any device. For uint8 maps it is a 256-entry lookup table, and
+    the classes of a crop are counted with one `bincount` of its raw values (through a raw value -> class matrix)."""
+
+    def __init__(self, policy: LabelPolicy):
+        self.policy = policy
+        self.table = policy.encode(torch.arange(256))  # (256,) int64: training id of each raw value
+        classes = sorted({int(value) for value in self.table.tolist()} - {policy.ignore_index})
+        self.raw_to_class = (self.table.view(-1, 1) == torch.tensor(classes, dtype=torch.int64)).to(torch.float64)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._on_device:
+            self._on_device[device] = (self.table.to(device), self.raw_to_class.to(device))
+        return self._on_device[device]
+
+    def encode(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw label values -> training ids (int64, same shape)."""
+        if raw.dtype != torch.uint8:
+            return self.policy.encode(raw)
+        table = self._tables(raw.device)[0]
+        return table.index_select(0, raw.reshape(-1).to(torch.int32)).view(raw.shape)
+
+    def class_counts(self, raw: torch.Tensor) -> torch.Tensor:
+        """Pixels of each non-ignored class in a raw crop (a 1-D tensor; zeros for absent classes)."""
+        if raw.dtype != torch.uint8:
+            values, counts = torch.unique(self.policy.encode(raw), return_counts=True)
+            return counts[values != self.policy.ignore_index]
+        raw_counts = torch.bincount(raw.reshape(-1), minlength=256).to(torch.float64)
+        return raw_counts @ self._tables(raw.device)[1]
 
 
 # ------------------------------------------------------------------------------------------------ transforms
@@ -267,6 +298,7 @@ class TrainTransform:
         self.cat_max_ratio, self.flip_prob, self.photometric = float(cat_max_ratio), float(flip_prob), photometric
         self.seed, self.image_column, self.label_column = seed, image_column, label_column
         self._calls = 0
+        self._labels = _LabelCoder(processor.label_policy)
 
     def __repr__(self) -> str:
         return (
@@ -290,7 +322,7 @@ class TrainTransform:
             for position, (image, label) in enumerate(zip(images, labels)):
                 check_label_policy(label, self.processor)
                 generator = torch.Generator().manual_seed(mix_seed(call_seed, position))
-                image, raw_labels = image_to_tensor(image), label_to_tensor(label)
+                image, raw_labels = image_to_tensor(image), raw_label_tensor(label)
                 pixel_values, label_ids = self.transform_example(image, raw_labels, generator)
                 output["pixel_values"].append(pixel_values)
                 output["labels"].append(label_ids)
@@ -299,32 +331,62 @@ class TrainTransform:
     def transform_example(
         self, image: torch.Tensor, raw_labels: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One example: uint8 (3, H, W) image and raw (H, W) labels -> float32 (3, h, w), int64 (h, w)."""
+        """One example: uint8 (3, H, W) image and raw (H, W) labels -> float32 (3, h, w), int64 (h, w), with `(h, w)`
+        the crop size: [`augment_example`] then [`finish`]."""
+        return self.finish(*self.augment_example(image, raw_labels, generator))
+
+    def augment_example(
+        self, image: torch.Tensor, raw_labels: torch.Tensor, generator: torch.Generator, ops=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 2-5 (random resize, crop with `cat_max_ratio`, flip, photometric distortion) of one example, on the
+        tensors' device: uint8 (3, H, W) image and raw (H, W) labels (before the label policy; uint8 keeps them
+        small) -> uint8 (3, h, w) crop and its int64 (h, w) training ids, `(h, w)` at most the crop size (smaller
+        when the resized image is). `ops`: the image backend (`fpn_seg.data.image_ops`); default OpenCV for CPU
+        tensors when installed, else the torch kernels. Every backend and device gives the same bytes."""
         if image.shape[-2:] != raw_labels.shape:
             raise ValueError(
                 f"TrainTransform: image size {tuple(image.shape[-2:])} and label size {tuple(raw_labels.shape)} "
                 "differ."
             )
-        processor = self.processor
-        labels = processor.encode_labels(raw_labels)
+        if ops is None:
+            ops = image_ops() if image.device.type == "cpu" else TorchImageOps
         ratio = _uniform(generator, *self.ratio_range)
         scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
         size = keep_ratio_size(*image.shape[-2:], scale)
-        image, labels = processor.resize_image(image, size), processor.resize_label(labels, size)
-        top, bottom, left, right = random_crop_box(
-            labels, self.crop_size, generator, self.cat_max_ratio, processor.ignore_index
-        )
-        image, labels = image[:, top:bottom, left:right], labels[top:bottom, left:right]
+
+        def varied(box: tuple[int, int, int, int]) -> bool:
+            return _varied(self._labels.class_counts(resize_nearest(raw_labels, size, box)), self.cat_max_ratio)
+
+        box = _crop_box(size, self.crop_size, generator, varied, self.cat_max_ratio)
+        labels = self._labels.encode(resize_nearest(raw_labels, size, box))  # (h, w) int64
+        pixels = ops.resize(ops.from_tensor(image), size, box)
         if torch.rand((), generator=generator).item() < self.flip_prob:
-            image, labels = image.flip(-1), labels.flip(-1)
+            pixels, labels = ops.flip(pixels), labels.flip(-1)
         if self.photometric:
-            image = photometric_distortion(image.contiguous(), generator)
-        pixel_values = processor.normalize_image(image.contiguous())
+            pixels = _photometric(pixels, generator, ops)
+        return ops.to_tensor(pixels), labels
+
+    def finish(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 6, on the tensors' device: uint8 (3, h, w) -> normalised float32 (3, crop_h, crop_w), padded at the
+        bottom / right with 0 after normalising; int64 labels padded with `ignore_index`."""
+        pixel_values = self.processor.normalize_image(image.contiguous())
         pad_bottom, pad_right = self.crop_size[0] - labels.shape[0], self.crop_size[1] - labels.shape[1]
         if pad_bottom or pad_right:
             pixel_values = F.pad(pixel_values, (0, pad_right, 0, pad_bottom), value=0.0)
-            labels = F.pad(labels, (0, pad_right, 0, pad_bottom), value=processor.ignore_index)
+            labels = F.pad(labels, (0, pad_right, 0, pad_bottom), value=self.processor.ignore_index)
         return pixel_values, labels.contiguous()
+
+
+def raw_label_tensor(label: Any) -> torch.Tensor:
+    """A segmentation map as [`label_to_tensor`] reads it, but 8-bit maps (PIL modes L and P, uint8 arrays) stay
+    uint8 (8x less memory and transfer than int64; the label policy is applied later, by lookup)."""
+    if isinstance(label, (str, os.PathLike)):
+        label = open_image(label)
+    if isinstance(label, PIL.Image.Image) and label.mode in ("L", "P"):
+        return torch.from_numpy(np.array(label))
+    if isinstance(label, np.ndarray) and label.dtype == np.uint8 and label.ndim == 2:
+        return torch.from_numpy(label.copy())
+    return label_to_tensor(label)
 
 
 class EvalTransform:
@@ -399,8 +461,10 @@ __all__ = [
     "collate_same_size",
     "hsv_to_rgb_uint8",
     "keep_ratio_size",
+    "mix_seed",
     "photometric_distortion",
     "random_crop_box",
+    "raw_label_tensor",
     "rgb_to_hsv_uint8",
     "single_threaded",
 ]
