@@ -121,7 +121,7 @@ class LatencyResult:
     note: str = ""
 
 
-def path_runner(path: str, model, folded, device, compile_cache: dict):
+def path_runner(path: str, model, folded, device, cache: dict):
     """(a function pixel_values -> logits running `path`, setup seconds) or (None, reason)."""
     if path == "eager":
         return (lambda pixel_values: model(pixel_values=pixel_values).logits), 0.0
@@ -136,7 +136,9 @@ def path_runner(path: str, model, folded, device, compile_cache: dict):
         precision = {"folded graph": "fp32", "folded fp16 graph": "fp16", "folded bf16 graph": "bf16"}[path]
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
             return None, "no bf16 on this GPU"
-        prepared = compile_cache.setdefault("prepared", PreparedModel(folded, cuda_graphs=True))
+        if "prepared" not in cache:  # one graph cache per precision, on the folded copy
+            cache["prepared"] = PreparedModel(folded, cuda_graphs=True)
+        prepared = cache["prepared"]
         return (lambda pixel_values: prepared.logits(pixel_values, precision)), 0.0
     if path == "compile fp16":
         compiled = torch.compile(folded, mode="reduce-overhead")

@@ -92,7 +92,7 @@ class WeightsFingerprint:
     """What a model's weights were when it was prepared: each parameter and buffer (weakly, by identity), its
     version counter (bumped by every in-place change) and its storage address (a new one after `model.to(...)` to
     another device or dtype). [`matches`] is False after training steps, `load_state_dict`, `model.to(...)`, a
-    replaced parameter or module, ... It costs about 0.3 ms for R-50's 390 tensors."""
+    replaced parameter or module, ... A check takes well under a millisecond for R-50's 390 tensors."""
 
     def __init__(self, model: nn.Module):
         self._entries = [(weakref.ref(tensor), tensor._version, tensor.data_ptr()) for tensor in _tensors(model)]
