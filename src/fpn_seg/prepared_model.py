@@ -162,7 +162,10 @@ class PreparedModel:
                     f"device={str(source_device)!r}."
                 )
             # As given: held weakly, so that the per-model cache does not keep the model alive.
-            self._model, self._model_ref = None, weakref.ref(model)
+            try:
+                self._model, self._model_ref = None, weakref.ref(model)
+            except TypeError:  # an object without weak references (never cached: it has no fingerprint)
+                self._model, self._model_ref = model, None
         is_module = isinstance(model, nn.Module)
         if cuda_graphs is None:
             cuda_graphs = self.optimized and self.device.type == "cuda"

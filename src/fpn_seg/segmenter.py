@@ -153,6 +153,8 @@ class SemanticSegmenter:
             `False`: the model as given.
         cuda_graphs: replay CUDA graphs for repeated input shapes (default: on for the optimised copy on a GPU).
         max_graphs, max_graph_pixels: the bounds of the graph cache (shapes kept; batch x height x width).
+        capture: the CUDA graph capture function (default `fpn_seg.cuda_graphs.capture_cuda_graph`; the tests run
+            the cache's logic on the CPU with a stand-in).
     """
 
     def __init__(
