@@ -251,9 +251,12 @@ class PreparedModel:
             return lambda pixel_values: self._forward(pixel_values, precision)
         with self._lock:
             if precision not in self._runners:
-                self._runners[precision] = CUDAGraphRunner(
-                    lambda pixel_values: self._forward(pixel_values, precision), **self._graph_options
-                )
+                prepared = weakref.ref(self)  # no reference cycle: the graphs' memory goes with this object
+
+                def forward(pixel_values: torch.Tensor) -> torch.Tensor:
+                    return prepared()._forward(pixel_values, precision)
+
+                self._runners[precision] = CUDAGraphRunner(forward, **self._graph_options)
             return self._runners[precision]
 
     def graph_runner(self, precision: str = "fp32") -> CUDAGraphRunner | None:
