@@ -170,18 +170,18 @@ def test_tta_is_mmseg_multiscale_flip(tmp_path, capsys, model_dir, loaded, image
 def test_no_optimize_runs_the_plain_model(tmp_path, capsys, model_dir, images, monkeypatch):
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    import fpn_seg.inference
+    import fpn_seg.prepared_model
 
     model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
     assert not is_batch_norm_folded(model) and is_batch_norm_folded(prepare_model(model))
     optimized = []  # the models that `optimize_for_inference` made
-    optimize = fpn_seg.inference.optimize_for_inference
+    optimize = fpn_seg.prepared_model.optimize_for_inference
 
-    def counting_optimize(model):
-        optimized.append(optimize(model))
+    def counting_optimize(model, **options):
+        optimized.append(optimize(model, **options))
         return optimized[-1]
 
-    monkeypatch.setattr(fpn_seg.inference, "optimize_for_inference", counting_optimize)
+    monkeypatch.setattr(fpn_seg.prepared_model, "optimize_for_inference", counting_optimize)
     inputs = [images["rgb"], images["gray"], images["rgba"]]
     status, _, stderr = _predict(capsys, model_dir, *inputs, "--output-dir", tmp_path / "default", "--no-overlay")
     assert status == 0, stderr
@@ -467,3 +467,91 @@ def test_console_command_in_a_subprocess(tmp_path, model_dir, images):
     assert "Segmented 1 image(s)" in result.stdout
     assert np.asarray(Image.open(out / "rgba_label.png")).shape == (28, 36)
     assert (out / "rgba_overlay.png").is_file()
+
+
+def _overlay_as_it_was(image: np.ndarray, label_map: np.ndarray, id2label, alpha=0.5, ignore_index=255) -> np.ndarray:
+    """The overlay as `fpn-seg predict` drew it before the pipeline (float32 blend, np.unique, PIL paste)."""
+    from fpn_seg.visualize import _legend, colorize, palette_for
+
+    palette = palette_for(id2label)
+    mask = colorize(label_map, palette, ignore_index).astype(np.float32)
+    blended = Image.fromarray(np.clip((1 - alpha) * image.astype(np.float32) + alpha * mask, 0, 255).astype(np.uint8))
+    present = [int(c) for c in np.unique(label_map) if 0 <= c < len(palette) and c != ignore_index]
+    colours = tuple(tuple(int(v) for v in palette[c]) for c in present)
+    legend = Image.fromarray(_legend(tuple(id2label[c] for c in present), colours, blended.height))
+    canvas = Image.new("RGB", (blended.width + legend.width, max(blended.height, legend.height)), (255, 255, 255))
+    canvas.paste(blended, (0, 0))
+    canvas.paste(legend, (blended.width, 0))
+    return np.asarray(canvas)
+
+
+def test_the_pipeline_writes_the_same_files_as_before(tmp_path, capsys, model_dir, loaded, images):
+    """Batches of mixed sizes with an unreadable file in the middle: label PNGs byte for byte as `save_label_png`
+    writes `segment`'s label maps, overlays pixel for pixel as they were drawn before; failures listed in order."""
+    from fpn_seg.image_files import read_image
+    from fpn_seg.visualize import save_label_png
+
+    model, processor = loaded
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    names = ["a_street.png", "b_broken.png", "c_gray.jpg", "d_rgba.png", "e_cmyk.jpg"]
+    sources = [images["rgb"], None, images["gray"], images["rgba"], images["cmyk"]]
+    for name, source in zip(names, sources):
+        (folder / name).write_bytes(source.read_bytes() if source else b"not an image")
+    out = tmp_path / "out"
+    status, stdout, stderr = _predict(capsys, model_dir, folder, "-o", out, "--batch-size", 3, "--alpha", 0.4,
+                                      "--workers", 2)  # fmt: skip
+    assert status == 1, stderr
+    assert "Segmented 4 image(s)" in stdout
+    assert f"1 image(s) failed and were skipped:\n  {folder / names[1]}: " in stdout
+    for name in names[:1] + names[2:]:
+        path, stem = folder / name, Path(name).stem
+        image = read_image(path, 10**8)
+        (expected,) = segment(model, processor, [image])
+        save_label_png(expected, tmp_path / "reference.png")
+        assert (out / f"{stem}_label.png").read_bytes() == (tmp_path / "reference.png").read_bytes(), name
+        reference = _overlay_as_it_was(image.permute(1, 2, 0).numpy(), expected.numpy(), model.config.id2label, 0.4)
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_overlay.png")), reference, err_msg=name)
+
+
+def test_an_image_out_of_memory_even_alone_is_listed_and_the_others_written(tmp_path, capsys, model_dir, images,
+                                                                             monkeypatch):  # fmt: skip
+    from fpn_seg.prepared_model import PreparedModel
+
+    processor = SemanticFPNImageProcessor(scale=SCALE)
+    too_large = processor.test_size(*_upright_size(images["cmyk"]))
+    logits = PreparedModel.logits
+
+    def short_of_memory(self, pixel_values, precision="fp32", image_sizes=None):  # the model-call seam
+        if len(pixel_values) > 1 or tuple(pixel_values.shape[-2:]) == too_large:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return logits(self, pixel_values, precision, image_sizes)
+
+    monkeypatch.setattr(PreparedModel, "logits", short_of_memory)
+    inputs = [images["rgb"], images["cmyk"], images["rgba"]]
+    status, stdout, _ = _predict(capsys, model_dir, *inputs, "-o", tmp_path / "out", "--batch-size", 3)
+    assert status == 1
+    assert f"  {images['cmyk']}: out of memory even alone (26x26); try --mode slide, --precision fp16" in stdout
+    assert sorted(path.name for path in (tmp_path / "out").glob("*_label.png")) == ["rgba_label.png",
+                                                                                     "street_label.png"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "options, status, message",
+    [
+        (["--precision", "fp16", "--device", "cpu"], 2, "--precision fp16: precision='fp16' needs a GPU"),
+        (["--bf16", "--precision", "fp16"], None, "--bf16 and --precision fp16 disagree"),
+        (["--workers", "0"], None, "--workers must be at least 1"),
+        (["--onnx", "--precision", "bf16"], None, "--precision apply to torch models"),
+    ],
+)
+def test_precision_and_pipeline_options_are_checked(tmp_path, capsys, model_dir, images, options, status, message):
+    argv = ["predict", str(model_dir), str(images["rgb"]), "-o", str(tmp_path / "out"), *options]
+    if status is None:  # argparse's usage errors
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(argv)
+        assert exit_info.value.code == 2
+    else:
+        assert cli_main(argv) == status
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_t
 from .label_policy import LabelPolicy
 from .presets import PRESETS, SemanticFPNPreset, get_preset, preset_config, preset_processor
 from .inference import multiscale_flip_inference, segment, slide_inference, whole_inference
+from .segmenter import SemanticSegmenter
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,7 @@ __all__ = [
     "SemanticFPNForSemanticSegmentation",
     "SemanticFPNImageProcessor",
     "SemanticFPNPreTrainedModel",
+    "SemanticSegmenter",
     "SemanticFPNPreset",
     "get_preset",
     "image_to_tensor",

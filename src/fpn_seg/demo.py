@@ -18,7 +18,7 @@ from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 from .data import generate_street_scenes, load_cityscapes
 from .deployment.runtime import is_onnx_folder
 from .image_processing_semantic_fpn import label_to_tensor
-from .inference import prepare_model, segment
+from .inference import segment
 from .metrics import MeanIoU, format_iou_table
 from .train import run_training
 from .visualize import overlay
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     model = AutoModelForSemanticSegmentation.from_pretrained(model_dir).eval()
     processor = AutoImageProcessor.from_pretrained(model_dir)
     held_out = load_cityscapes(data_dir, splits=("val",), progress=False)["validation"]
-    inference_model = prepare_model(model)  # the exact optimised copy, made once for both runs
-    results, predictions = evaluate_held_out(inference_model, processor, held_out)
+    # `segment` prepares the exact optimised copy on its first call and reuses it for the bf16 run.
+    results, predictions = evaluate_held_out(model, processor, held_out)
     print(f"Held-out images ({len(held_out)}), whole-image inference:")
     print(format_iou_table(results, model.config.id2label))
-    bf16_results, bf16_predictions = evaluate_held_out(inference_model, processor, held_out, bf16=True)
+    bf16_results, bf16_predictions = evaluate_held_out(model, processor, held_out, bf16=True)
     agreement = pixel_agreement(bf16_predictions, predictions)
     print(
         f"bfloat16 autocast: {100 * agreement:.2f}% of the pixels get the float32 label; "

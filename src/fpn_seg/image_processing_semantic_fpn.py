@@ -240,7 +240,8 @@ def image_to_tensor(image: Any, convert_rgb: bool = True, input_data_format: str
       (`I;16*`, and `I`, read as 16-bit data as Pillow gives it for 16-bit PNGs) becomes `v >> 8`;
     - numpy arrays (H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}, RGB order; uint8, uint16 (`v >> 8`), other
       integers in 0..255, floats in [0, 1] (scaled by 255) or 0..255;
-    - torch tensors (C, H, W) or (H, W, C) (channels-first preferred when ambiguous), same dtypes.
+    - torch tensors (C, H, W) or (H, W, C) (channels-first preferred when ambiguous), same dtypes. A (3, H, W) uint8
+      tensor is returned as it is, on its device (a GPU tensor stays on the GPU); other tensors are read on the CPU.
 
     `convert_rgb=False` keeps the image's own channels ((C, H, W), e.g. 4 for RGBA or multispectral arrays);
     `input_data_format` ("channels_first" / "channels_last") says where the channels of an array are. Raises
@@ -260,7 +261,7 @@ def image_to_tensor(image: Any, convert_rgb: bool = True, input_data_format: str
                 raise ValueError(
                     f"torch image of shape {tuple(image.shape)} is empty; an image needs at least one pixel."
                 )
-            return image.cpu()
+            return image  # stays on its device: the processor resizes it there
         array = image.detach().cpu()
         array = (array.float() if array.dtype in (torch.bfloat16, torch.float16) else array).numpy()
         return _array_to_uint8_chw(array, True, "torch image", convert_rgb, layout)
@@ -609,7 +610,9 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
                 `pixel_values`, `ignore_index` in `labels`) at 0; `"np"`: the same as numpy arrays; `None`: lists of
                 per-image tensors, unpadded.
             overrides: any constructor option, for this call only (e.g. `do_resize=False`), and `input_data_format`,
-                `data_format` ("channels_first"), `device`.
+                `data_format` ("channels_first"), `device`: where the work runs and the tensors live (the uint8
+                images are sent there, then resized and normalised there; default: the device of uint8 tensor
+                inputs, else the CPU).
         """
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None; got {return_tensors!r}.")
@@ -622,35 +625,39 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         ]
         if not image_tensors:
             raise ValueError("preprocess got no images.")
+        device = _working_device(processor.device, image_tensors) if return_tensors != "np" else torch.device("cpu")
         sizes = [processor.test_size(*image.shape[-2:]) for image in image_tensors]
-        data = processor._pixel_values(image_tensors, sizes, stacked=return_tensors is not None)
+        data = processor._pixel_values(image_tensors, sizes, stacked=return_tensors is not None, device=device)
         if segmentation_maps is not None:
             labels = processor._labels(segmentation_maps, image_tensors, sizes)
-            data["labels"] = labels if return_tensors is None else _stack_padded(labels, sizes, processor.ignore_index)
-        if processor.device is not None:
-            data = {key: _to_device(value, processor.device) for key, value in data.items()}
+            labels = labels if return_tensors is None else _stack_padded(labels, sizes, processor.ignore_index)
+            data["labels"] = _to_device(labels, device)
         if return_tensors == "np":
             data = {key: value.cpu().numpy() for key, value in data.items()}
         return BatchFeature(data=data)
 
-    def _pixel_values(self, images: list[torch.Tensor], sizes: list[tuple[int, int]], stacked: bool) -> dict:
-        """Resize + normalise each image: `{"pixel_values": [...]}` per image, or, when `stacked`, one (B, C, H, W)
-        tensor written in place (images of different sizes padded with zeros, plus their `pixel_mask`)."""
+    def _pixel_values(
+        self, images: list[torch.Tensor], sizes: list[tuple[int, int]], stacked: bool, device: torch.device
+    ) -> dict:
+        """Resize + normalise each image on `device` (the uint8 image goes there first: 1 byte per value to copy,
+        and the resize is exact on any device): `{"pixel_values": [...]}` per image, or, when `stacked`, one
+        (B, C, H, W) tensor written in place (images of different sizes padded with zeros, plus their `pixel_mask`)."""
         if not stacked:
-            resized = [self.resize_image(image, size) for image, size in zip(images, sizes)]
+            resized = [self.resize_image(image.to(device), size) for image, size in zip(images, sizes)]
             return {"pixel_values": [self.normalize_image(image) for image in resized]}
         height, width = max(size[0] for size in sizes), max(size[1] for size in sizes)
         padded = any(tuple(size) != (height, width) for size in sizes)
-        batch = (torch.zeros if padded else torch.empty)((len(images), images[0].shape[0], height, width))
+        shape = (len(images), images[0].shape[0], height, width)
+        batch = torch.zeros(shape, device=device) if padded else torch.empty(shape, device=device)
         for index, (image, size) in enumerate(zip(images, sizes)):
-            resized = self.resize_image(image, size)
+            resized = self.resize_image(image.to(device), size)
             if padded:
                 batch[index, :, : size[0], : size[1]] = self.normalize_image(resized)
             else:
                 self.normalize_image(resized, out=batch[index])
         if not padded:
             return {"pixel_values": batch}
-        masks = [torch.ones(size, dtype=torch.int64) for size in sizes]
+        masks = [torch.ones(size, dtype=torch.int64, device=device) for size in sizes]
         return {"pixel_values": batch, "pixel_mask": _stack_padded(masks, sizes, 0)}
 
     def _labels(self, segmentation_maps, images: list[torch.Tensor], sizes: list[tuple[int, int]]):
@@ -674,12 +681,13 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         target_sizes: Sequence[Sequence[int]] | torch.Tensor | None = None,
         return_segmentation_scores: bool = False,
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
-        """Model outputs -> one (H, W) int64 label map per image.
+        """Model outputs -> one (H, W) int64 label map per image, on the device of the logits.
 
         Each image's logits (N, h, w) (at the input size, as the model returns them; cropped to the image's own
         region when the batch was padded: `outputs.image_sizes`) are resized to `target_sizes[i]` = (H, W), the
         original image size, bilinearly with align_corners=False, then the argmax is taken, as mmseg does. Without
-        `target_sizes` the argmax is taken at the logits' size.
+        `target_sizes` the argmax is taken at the logits' size. The work runs where the logits are (a GPU's logits
+        never come to the CPU here); images of one size are resized as one batch.
 
         With `return_segmentation_scores=True`, each item is a `SemanticSegmentationPostProcessorOutput` with
         `segmentation` (H, W) and `segmentation_scores` (N, H, W), the resized logits.
@@ -691,30 +699,48 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
                 f"target_sizes has {len(target_sizes)} entries but the logits hold {len(logits)} images; pass one "
                 "(height, width) per image."
             )
-        results = []
         image_sizes = image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else image_sizes  # one sync
-        for index, image_logits in enumerate(logits):
-            if image_sizes is not None:
-                height, width = (int(side) for side in image_sizes[index])
-                image_logits = image_logits[:, :height, :width]
-            image_logits = image_logits[None].float()  # (1, N, h, w)
-            if target_sizes is not None:
-                target_size = tuple(int(side) for side in target_sizes[index])
-                if tuple(image_logits.shape[-2:]) != target_size:
-                    image_logits = F.interpolate(image_logits, size=target_size, mode="bilinear", align_corners=False)
-            scores = image_logits[0]  # (N, H, W)
-            results.append(
-                SemanticSegmentationPostProcessorOutput(
-                    data={"segmentation": scores.argmax(dim=0), "segmentation_scores": scores}
-                )
-                if return_segmentation_scores
-                else scores.argmax(dim=0)
+        targets = None if target_sizes is None else [tuple(int(side) for side in size) for size in target_sizes]
+        if image_sizes is None and (targets is None or len(set(targets)) == 1):
+            scores = _resized(logits.float(), None if targets is None else targets[0])  # (B, N, H, W) at once
+        else:
+            scores = []
+            for index, image_logits in enumerate(logits):
+                if image_sizes is not None:
+                    height, width = (int(side) for side in image_sizes[index])
+                    image_logits = image_logits[:, :height, :width]
+                target = None if targets is None else targets[index]
+                scores.append(_resized(image_logits[None].float(), target)[0])  # (N, H, W)
+        if not return_segmentation_scores:
+            if isinstance(scores, torch.Tensor):
+                return list(scores.argmax(dim=1))
+            return [image_scores.argmax(dim=0) for image_scores in scores]
+        return [
+            SemanticSegmentationPostProcessorOutput(
+                data={"segmentation": image_scores.argmax(dim=0), "segmentation_scores": image_scores}
             )
-        return results
+            for image_scores in scores
+        ]
+
+
+def _resized(logits: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Logits (B, N, h, w) resized bilinearly (align_corners=False) to `size` = (H, W), as they are without one."""
+    if size is None or tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def _to_device(value: torch.Tensor | list[torch.Tensor], device) -> torch.Tensor | list[torch.Tensor]:
     return [item.to(device) for item in value] if isinstance(value, list) else value.to(device)
+
+
+def _working_device(device, images: list[torch.Tensor]) -> torch.device:
+    """Where `preprocess` works: the `device` asked for, else the device of the image tensors when they share one
+    (uint8 tensors already on a GPU are resized there), else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    devices = {image.device for image in images}
+    return devices.pop() if len(devices) == 1 else torch.device("cpu")
 
 
 def _stack_padded(maps: list[torch.Tensor], sizes: list[tuple[int, int]], fill: int) -> torch.Tensor:

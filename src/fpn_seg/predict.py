@@ -7,18 +7,23 @@
 MODEL is a model folder (`config.json`, `model.safetensors`, `preprocessor_config.json`, as `save_pretrained` writes
 them) or a hub id. A folder without `preprocessor_config.json` is used with the processor built from the model's
 config (`SemanticFPNImageProcessor.from_model_config`: default test scale (2048, 1024) and the config's label policy);
-a note says so. Model code shipped with a folder is only executed with `--trust-remote-code`. The model runs as
-`fpn_seg.optimization.optimize_for_inference(model)` makes it (exact float32: BatchNorm folded into the convs,
-channels_last, oneDNN convs; the same logits up to float rounding) unless `--no-optimize` is given; on the CPU the
-command also keeps freed memory for reuse (`retain_freed_memory()`: no page faults on every forward pass, exact).
+a note says so. Model code shipped with a folder is only executed with `--trust-remote-code`. The model runs through
+`fpn_seg.SemanticSegmenter`, the library's one inference path, as an exact optimised copy (float32: BatchNorm folded
+into the convs, channels_last; oneDNN convs on the CPU, CUDA graphs for repeated image sizes on a GPU; the same
+logits up to float rounding) unless `--no-optimize` is given; `--precision fp16` / `bf16` runs it under autocast. On
+the CPU the command also keeps freed memory for reuse (`retain_freed_memory()`: no page faults on every forward
+pass, exact).
 With `--onnx`, MODEL is an ONNX folder written by `fpn-seg export`, run by ONNX Runtime on the CPU
 (`fpn_seg.deployment.ORTModelForSemanticSegmentation`): `model.onnx`, or `model_quantized.onnx` with `--int8`.
 
 INPUTS are image files (taken as given), folders (searched recursively for image extensions) and glob patterns
-(`**` allowed; matching files with image extensions). Outputs per image, under `--output-dir`:
+(`**` allowed; matching files with image extensions). The work is a pipeline (`fpn_seg.predict_pipeline`): threads
+decode the images ahead of the model, `--batch-size` images go through the model at once on its device, and
+threads write the PNGs while the next batch runs. Outputs per image, under `--output-dir`:
 
     <stem>_label.png     class ids (8-bit, 16-bit above 255 classes), the original image size
-    <stem>_overlay.png   the image blended with the class colours, with a legend (unless --no-overlay)
+    <stem>_overlay.png   the image blended with the class colours, with a legend (unless --no-overlay); written
+                         with zlib's fastest level
 
 Files inside a folder (or below a glob's fixed prefix) keep their sub-folders. Existing outputs are never replaced
 without `--overwrite`: the command then stops before writing anything. Images that cannot be read are reported by name,
@@ -36,21 +41,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import write_file_atomically
 from .cli import EXIT_DONE, EXIT_FAILED, run_command
 from .image_files import (
     ImageInput,
     ImageInputError,
-    ImageReadError,
     collect_image_inputs,
     make_stems_distinct,
     raise_pillow_pixel_limit,
-    read_image,
 )
-from .inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
 from .model_folders import ModelFolderError, load_model
 from .optimization import retain_freed_memory
-from .visualize import class_pixel_counts, overlay, save_label_png
+from .predict_pipeline import PredictPipeline, PredictResult, default_workers
+from .prepared_model import PRECISIONS
+from .segmenter import MMSEG_MS_RATIOS, SemanticSegmenter, default_stride
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -158,8 +161,20 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
     parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), help="slide step (default 2/3 of the crop)")
     parser.add_argument("--tta", action="store_true", help=f"multi-scale {MMSEG_MS_RATIOS} + flip, as mmseg's ms+flip")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default: cuda when available, else cpu)")
-    parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images only)")
+    parser.add_argument(
+        "--precision", choices=list(PRECISIONS), default="fp32",
+        help="fp32 (exact), fp16 (float16 autocast, GPUs) or bf16 (bfloat16 autocast) (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass on the device")
+    parser.add_argument(
+        "--no-cuda-graphs", action="store_true",
+        help="on a GPU, run every call eagerly (default: CUDA graphs replay repeated image sizes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=default_workers(),
+        help="threads decoding images and threads writing PNGs, each (default: the CPUs available, %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours in the overlay (0..1)")
     parser.add_argument("--no-overlay", action="store_true", help="write only the label PNGs")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -183,9 +198,15 @@ def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(
             "--int8 runs the int8 model of an ONNX folder: add --onnx (export one with fpn-seg export --int8)."
         )
+    if args.bf16 and args.precision not in ("fp32", "bf16"):
+        parser.error(f"--bf16 and --precision {args.precision} disagree; pass one of them.")
+    if args.bf16:
+        args.precision = "bf16"
     if args.onnx:
         torch_only = [flag for flag, given in (("--bf16", args.bf16), ("--no-optimize", args.no_optimize),
-                                               ("--device", args.device is not None)) if given]  # fmt: skip
+                                               ("--device", args.device is not None),
+                                               ("--precision", args.precision != "fp32" and not args.bf16),
+                                               ("--no-cuda-graphs", args.no_cuda_graphs)) if given]  # fmt: skip
         if torch_only:
             parser.error(
                 f"{', '.join(torch_only)} apply to torch models; an --onnx model runs on ONNX Runtime on the CPU "
@@ -207,6 +228,8 @@ def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         )
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1; got {args.batch_size}.")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1; got {args.workers}.")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must lie in 0..1; got {args.alpha}.")
     if args.max_pixels < 1:
@@ -215,96 +238,94 @@ def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"--output-dir {str(args.output_dir)!r} is a file, not a folder.")
 
 
-def _segment_chunk(chunk, model, processor, args, failures) -> list[tuple[ImageInput, torch.Tensor, torch.Tensor]]:
-    """Read the images of `chunk` (failures recorded and skipped) and segment them: (input, image, label map)."""
-    readable = []
-    for item in chunk:
-        try:
-            readable.append((item, read_image(item.path, args.max_pixels)))
-        except ImageReadError as error:
-            failures.append((item.path, str(error)))
-    if not readable:
-        return []
+def load_segmenter(args: argparse.Namespace) -> SemanticSegmenter:
+    """The model of MODEL (a torch folder or hub id, or an ONNX folder with `--onnx`) with its processor, prepared
+    once for the device and precision asked for; `PredictError` when it cannot be loaded or run as asked."""
+    if args.onnx:
+        model, processor = load_onnx_model(args.model, args.int8)
+        return SemanticSegmenter(model, processor)
+    device = resolve_device(args.device)
     try:
-        label_maps = segment(
-            model,
-            processor,
-            [image for _, image in readable],
-            mode=args.mode,
-            crop_size=args.crop_size,
-            stride=args.stride,
-            scales=MMSEG_MS_RATIOS if args.tta else None,
-            flip=args.tta,
-            batch_size=args.batch_size,
-            bf16=args.bf16,
-            optimize=False,  # the model is already prepared by `run`
-        )
-    except torch.OutOfMemoryError as error:
-        hint = "try --batch-size 1, --mode slide, or a smaller --max-pixels"
-        failures.extend((item.path, f"out of memory ({hint}): {error}") for item, _ in readable)
-        return []
-    return [(item, image, label_map) for (item, image), label_map in zip(readable, label_maps)]
+        model, processor = load_model(args.model, args.trust_remote_code)
+    except ModelFolderError as error:
+        raise PredictError(str(error)) from None
+    if args.no_optimize:
+        model = model.to(device)  # run as given, where it is
+    try:
+        return SemanticSegmenter(
+            model, processor, device=device, precision=args.precision, optimize=not args.no_optimize,
+            cuda_graphs=False if args.no_cuda_graphs else None,
+        )  # fmt: skip
+    except ValueError as error:  # e.g. --precision fp16 on the CPU
+        raise PredictError(f"--precision {args.precision}: {error}") from None
+
+
+def make_pipeline(args: argparse.Namespace, segmenter: SemanticSegmenter) -> PredictPipeline:
+    """The processing loop of the command line `args` around a loaded `segmenter`."""
+    with_overlay = not args.no_overlay
+    num_labels = segmenter.model.config.num_labels
+    return PredictPipeline(
+        segmenter,
+        outputs_of=lambda item: outputs_of(item, args.output_dir, with_overlay),
+        check_labels=lambda label_map, path: check_predicted_labels(label_map, num_labels, path),
+        segment_options={"mode": args.mode, "crop_size": args.crop_size, "stride": args.stride,
+                         "scales": MMSEG_MS_RATIOS if args.tta else None, "flip": args.tta},  # fmt: skip
+        batch_size=args.batch_size,
+        with_overlay=with_overlay,
+        alpha=args.alpha,
+        max_pixels=args.max_pixels,
+        workers=args.workers,
+    )
+
+
+def predict_images(args: argparse.Namespace, segmenter: SemanticSegmenter, inputs: list[ImageInput]) -> PredictResult:
+    """Segment `inputs` and write their PNGs as the command does (with its progress bar and process settings)."""
+    from tqdm.auto import tqdm
+
+    device = segmenter.device
+    # This process runs the model and little else: keep freed memory for the next forward (see benchmarks/README.md);
+    # on a GPU, let cuDNN pick the fastest kernels for each image size.
+    retained = device.type == "cpu" and not args.no_optimize and retain_freed_memory()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark or device.type == "cuda"
+    try:
+        with tqdm(total=len(inputs), unit="image", desc="fpn-seg predict", disable=None) as progress:
+            return make_pipeline(args, segmenter).run(inputs, progress)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if retained:
+            retain_freed_memory(False)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command on parsed, checked arguments; returns the exit status (0, or 1 when some images failed)."""
-    from tqdm.auto import tqdm
-
     try:
         inputs = make_stems_distinct(collect_image_inputs(args.inputs, args.output_dir))
     except ImageInputError as error:
         raise PredictError(str(error)) from None
-    with_overlay = not args.no_overlay
     if not args.overwrite:
-        outputs = [path for item in inputs for path in outputs_of(item, args.output_dir, with_overlay)]
+        outputs = [path for item in inputs for path in outputs_of(item, args.output_dir, not args.no_overlay)]
         _check_outputs_free(outputs, args.output_dir)
-    if args.onnx:
-        device = torch.device("cpu")
-        model, processor = load_onnx_model(args.model, args.int8)
-    else:
-        device = resolve_device(args.device)
-        try:
-            model, processor = load_model(args.model, args.trust_remote_code)
-        except ModelFolderError as error:
-            raise PredictError(str(error)) from None
-        model = prepare_model(model.to(device), optimize=not args.no_optimize)
-    config = model.config
-    num_labels = config.num_labels
-    ignore_index = getattr(config, "ignore_index", 255)
-
-    failures: list[tuple[Path, str]] = []
-    pixel_counts = np.zeros(num_labels, dtype=np.int64)
-    processed, start = 0, time.perf_counter()
-    # This process runs the model and little else: keep freed memory for the next forward (see benchmarks/README.md).
-    retained = device.type == "cpu" and not args.no_optimize and retain_freed_memory()
-    try:
-        with tqdm(total=len(inputs), unit="image", desc="fpn-seg predict", disable=None) as progress:
-            for first in range(0, len(inputs), args.batch_size):
-                chunk = inputs[first : first + args.batch_size]
-                for item, image, label_map in _segment_chunk(chunk, model, processor, args, failures):
-                    check_predicted_labels(label_map, num_labels, item.path)
-                    label_path, *overlay_path = outputs_of(item, args.output_dir, with_overlay)
-                    write_file_atomically(label_path, lambda path: save_label_png(label_map, path))
-                    if overlay_path:
-                        rgb = Image.fromarray(image.permute(1, 2, 0).numpy())  # upright, as segmented
-                        picture = overlay(rgb, label_map, config.id2label, args.alpha, ignore_index)
-                        write_file_atomically(overlay_path[0], picture.save)
-                    pixel_counts += class_pixel_counts(label_map, num_labels)
-                    processed += 1
-                progress.update(len(chunk))
-    finally:
-        if retained:
-            retain_freed_memory(False)
+    segmenter = load_segmenter(args)
+    start = time.perf_counter()
+    result = predict_images(args, segmenter, inputs)
     elapsed = time.perf_counter() - start
-    print(_summary(processed, failures, pixel_counts, config.id2label, elapsed, args.output_dir))
-    return EXIT_FAILED if failures else EXIT_DONE
+    id2label = segmenter.model.config.id2label
+    print(_summary(result.processed, result.failures, result.pixel_counts, id2label, elapsed, args.output_dir))
+    return EXIT_FAILED if result.failures else EXIT_DONE
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed and checked (argparse's usage errors exit with 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_arguments(args, parser)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`fpn-seg predict` (also `python -m fpn_seg.predict`); returns the exit status (see the module docstring)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_arguments(args, parser)
+    args = parse_arguments(argv)
     pillow_limit = raise_pillow_pixel_limit(args.max_pixels)
     try:
         return run_command("predict", lambda: run(args), usage=(PredictError,))
@@ -318,8 +339,12 @@ __all__ = [
     "build_parser",
     "check_predicted_labels",
     "load_onnx_model",
+    "load_segmenter",
     "main",
+    "make_pipeline",
     "outputs_of",
+    "parse_arguments",
+    "predict_images",
     "resolve_device",
     "run",
 ]

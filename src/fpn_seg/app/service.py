@@ -1,5 +1,6 @@
-"""The app's model service, without any web framework: a model folder (torch, or an ONNX export) loaded once, its
-inference copies prepared once per precision, and one image file -> label map, overlay, class shares and time.
+"""The app's model service, without any web framework: a model folder (torch, or an ONNX export) loaded once and
+prepared once (`fpn_seg.SemanticSegmenter`, the library's one inference path; fp32 and bf16 share the prepared
+copy), and one image file -> label map, overlay, class shares and time.
 """
 
 import os
@@ -16,10 +17,10 @@ import torch
 from PIL import Image
 
 from ..image_files import ImageReadError, read_image
-from ..inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
 from ..model_folders import ModelFolderError, load_model
 from ..optimization import bf16_is_fast
-from ..visualize import class_pixel_counts, overlay, png_text, save_label_png
+from ..segmenter import MMSEG_MS_RATIOS, SemanticSegmenter, default_stride
+from ..visualize import class_pixel_counts, overlay, save_label_png, save_overlay_png
 
 MODES = ("whole", "slide", "ms+flip")
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -59,7 +60,7 @@ class SegmentationService:
     load_error: str | None = field(default=None, init=False)
     kind: str = field(default="torch", init=False)  # "torch" or "onnx"
     precisions: tuple[str, ...] = field(default=(), init=False)
-    _models: dict = field(default_factory=dict, init=False, repr=False)
+    _segmenters: dict = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self):
@@ -76,27 +77,27 @@ class SegmentationService:
             self.kind = "onnx"
             model, self.processor = load_onnx_folder(self.source, "fp32")
             self.precisions = ("fp32", "int8") if (Path(self.source) / QUANTIZED_FILE_NAME).is_file() else ("fp32",)
+            self._segmenters["fp32"] = SemanticSegmenter(model, self.processor)
         else:
             model, self.processor = load_model(self.source, self.trust_remote_code, argument="MODEL_DIR")
-            model = prepare_model(model)  # the exact optimised copy, once: fp32 and bf16 both run it
             self.precisions = ("fp32", "bf16") if bf16_is_fast() else ("fp32",)
-        self._models["fp32"] = model
+            for precision in self.precisions:  # one prepared (optimised) copy of the model, shared
+                self._segmenters[precision] = SemanticSegmenter(model, self.processor, precision=precision)
         self.config = model.config
         short_side = min(self.processor.scale) if self.processor.scale else 512
         self.crop_size = tuple(self.crop_size or (short_side, short_side))
 
-    def _model(self, precision: str):
-        """The inference model of `precision`: torch's bf16 runs the fp32 copy under autocast; ONNX int8 loads once."""
+    def _segmenter(self, precision: str) -> SemanticSegmenter:
+        """The segmenter of `precision`: torch's bf16 runs the fp32 copy under autocast; ONNX int8 loads once."""
         if precision not in self.precisions:
             raise AppError(f"precision {precision!r} is not available here; choose one of {list(self.precisions)}.")
-        if self.kind == "torch":
-            return self._models["fp32"]
         with self._lock:  # loaded once, even when two requests ask at the same moment
-            if precision not in self._models:
+            if precision not in self._segmenters:
                 from ..deployment.runtime import ORTModelForSemanticSegmentation
 
-                self._models[precision] = ORTModelForSemanticSegmentation.from_pretrained(self.source, precision)
-        return self._models[precision]
+                model = ORTModelForSemanticSegmentation.from_pretrained(self.source, precision)
+                self._segmenters[precision] = SemanticSegmenter(model, self.processor)
+        return self._segmenters[precision]
 
     @property
     def title(self) -> str:
@@ -123,7 +124,7 @@ class SegmentationService:
             raise AppError(self.load_error)
         if mode not in MODES:
             raise AppError(f"mode {mode!r} is not one of {list(MODES)}.")
-        model = self._model(precision)
+        segmenter = self._segmenter(precision)
         path = Path(path)
         try:
             image = read_image(path, self.max_pixels)
@@ -135,7 +136,7 @@ class SegmentationService:
             "ms+flip": {"scales": MMSEG_MS_RATIOS, "flip": True},
         }[mode]
         start = time.perf_counter()
-        (label_map,) = segment(model, self.processor, image, bf16=precision == "bf16", optimize=False, **options)
+        (label_map,) = segmenter.segment(image, **options)
         seconds = time.perf_counter() - start
         picture = overlay(Image.fromarray(image.permute(1, 2, 0).numpy()), label_map, self.config.id2label,
                           ignore_index=getattr(self.config, "ignore_index", 255))  # fmt: skip
@@ -162,7 +163,7 @@ class SegmentationService:
         text = {"fpn_seg:request": uuid.uuid4().hex}
         label_png, overlay_png = folder / f"{image_path.stem}_label.png", folder / f"{image_path.stem}_overlay.png"
         save_label_png(label_map, label_png, text)
-        picture.save(overlay_png, pnginfo=png_text(text))
+        save_overlay_png(picture, overlay_png, text)
         return label_png, overlay_png
 
 
