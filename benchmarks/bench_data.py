@@ -6,7 +6,8 @@ off, as in a DataLoader worker), process CPU time, paths interleaved sample by s
 - **worker path**: what a DataLoader worker of `fpn-seg train` does with `augment_on=workers` (read the files, random
   resize, crop with `cat_max_ratio`, flip, photometric distortion; OpenCV's kernels when installed);
 - **TrainTransform**: the public `with_transform` transform: the same, plus normalisation and padding (float32);
-- **decode-only path**: what a worker does with `augment_on=device` (read and decode the files);
+- **device path's worker share**: what a worker does with `augment_on=device` (read and decode the files, make
+  every random draw and decision and crop the label map: `TrainTransform.plan_example`);
 - **mmseg (cv2)**: mmseg 1.x's training pipeline written here with cv2 / numpy from its documented semantics
   (`LoadImageFromFile` with cv2, `LoadAnnotations` with Pillow, `RandomResize`, `RandomCrop(cat_max_ratio=0.75)`,
   `RandomFlip`, `PhotoMetricDistortion` with cv2's HSV, `PackSegInputs`): the per-sample work of mmseg's workers
@@ -44,11 +45,12 @@ import numpy as np
 import PIL.Image
 import torch
 import yaml
-from datasets import Dataset, Image
+from datasets import Dataset, Image, concatenate_datasets
 
 from fpn_seg.data import TrainTransform, load_cityscapes
-from fpn_seg.data.image_ops import load_opencv, opencv_hsv_matches
-from fpn_seg.data.reading import storage_columns
+from fpn_seg.data.image_ops import opencv_hsv_matches
+from fpn_seg.optional_opencv import load_opencv
+from fpn_seg.data.reading import read_training_example, storage_columns
 from fpn_seg.data.synthetic import render_street_scene
 from fpn_seg.data.transforms import keep_ratio_size, mix_seed
 from fpn_seg.presets import preset_processor
@@ -180,7 +182,7 @@ def cpu_costs(name: str, dataset: Dataset, recipe: str, processor, rounds: int) 
     reduce = bool(processor.do_reduce_labels)
 
     def transform_sample(key):
-        image, labels, _ = _read(decode_path, key)
+        image, labels, _ = read_training_example(workers_path.dataset[key[1]], key[1], "image", "label", processor)
         return transform.transform_example(image, labels, torch.Generator().manual_seed(mix_seed(0, *key)))
 
     def mmseg_sample(key):
@@ -192,7 +194,7 @@ def cpu_costs(name: str, dataset: Dataset, recipe: str, processor, rounds: int) 
     paths = {
         "worker path": lambda key: workers_path[key],
         "TrainTransform (+ normalise, pad)": transform_sample,
-        "decode-only path": lambda key: decode_path[key],
+        "device path's worker share": lambda key: decode_path[key],
         "mmseg (cv2)": mmseg_sample,
     }
     times = {path: [] for path in paths}
@@ -212,11 +214,6 @@ def cpu_costs(name: str, dataset: Dataset, recipe: str, processor, rounds: int) 
     for row in rows:
         print(f"  {name:<28} {row['path']:<36} {row['ms_per_sample']:8.1f} ms   {row['ratio_to_mmseg']:.3f}x mmseg")
     return {"rows": rows}
-
-
-def _read(dataset: AugmentedTrainDataset, key):
-    item = dataset[key]
-    return item.image, item.label, item.source
 
 
 # ------------------------------------------------------------------------------------------------ part 2: GPU
@@ -268,6 +265,11 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
     initial = {key: value.clone() for key, value in model.state_dict().items()}
     processor = build_processor(model_args, data_args, model.config)
     train_split = load_training_data(data_args, [data_args.train_split])[data_args.train_split]
+    # Every timed step inside one epoch: the scenes listed as often as needed (each example is still read, decoded
+    # and augmented, with its own draws). With few examples per epoch, the DataLoader's pipeline drains and refills
+    # at every epoch boundary, a stall that a real dataset (Cityscapes: 1488 steps of 2 per epoch) hardly sees.
+    examples = 2 * (args.warmup_steps + args.steps) if args.one_epoch else len(train_split)
+    train_split = concatenate_datasets([train_split] * -(-examples // len(train_split)))
     crop_size = tuple(data_args.crop_size)
     # The two paths on this device: the same tensors for the same keys (the tests check it on the CPU).
     transform = TrainTransform(processor, crop_size)
@@ -295,7 +297,8 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
         start = time.perf_counter()
         trainer.train()
         results.append({"run": f"fpn-seg train, augment_on={augment_on}", "steps_per_s": rate(clock),
-                        "wall_s": time.perf_counter() - start, "timed_steps": args.steps, **loader})  # fmt: skip
+                        "wall_s": time.perf_counter() - start, "timed_steps": args.steps,
+                        "examples_per_epoch": len(train_split), **loader})  # fmt: skip
         print(f"  augment_on={augment_on:<8} {results[-1]['steps_per_s']:7.2f} steps/s")
     # The pure step: the same Trainer fed one batch made in advance, already on the device.
     model.load_state_dict(initial)
@@ -305,7 +308,7 @@ def training_rates(root: Path, args, device: str) -> list[dict]:
     example = AugmentedTrainDataset(train_split, TrainTransform(processor, crop_size), 0, "workers")
     batch = example.prepare_batch(
         {"images": [example[(0, i)].image for i in range(2)], "label_maps": [example[(0, i)].label for i in range(2)],
-         "keys": [(0, 0), (0, 1)], "augmented": [True, True]},
+         "keys": [(0, 0), (0, 1)], "plans": [None, None]},
         training_args.device,
     )  # fmt: skip
     clock = StepClock()
@@ -350,6 +353,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=None, help="timed epochs over the CPU samples (default 3)")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--scenes", type=int, default=32)
+    parser.add_argument("--epoch-boundaries", dest="one_epoch", action="store_false",
+                        help="one epoch = the --scenes examples (default: the scenes repeated so that the timed steps "
+                        "fall in one epoch)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--skip-cpu", action="store_true", help="only the training rates")

@@ -59,7 +59,7 @@ def test_data_benchmark_runs_on_the_cpu(tmp_path):
     output = tmp_path / "data.json"
     stdout = run_script("bench_data.py", "--device", "cpu", "--quick", "--output", str(output))
     report = json.loads(output.read_text())
-    paths = {"worker path", "TrainTransform (+ normalise, pad)", "decode-only path", "mmseg (cv2)"}
+    paths = {"worker path", "TrainTransform (+ normalise, pad)", "device path's worker share", "mmseg (cv2)"}
     assert {row["path"] for row in report["cpu"]} == paths and len(report["cpu"]) == 2 * len(paths)
     assert all(row["ms_per_sample"] > 0 for row in report["cpu"])
     equal, *rates = report["training"]

@@ -15,9 +15,9 @@ from fpn_seg.data.image_ops import (
     TorchImageOps,
     convert_table,
     hsv_domain,
-    load_opencv,
     opencv_hsv_matches,
 )
+from fpn_seg.optional_opencv import load_opencv
 from fpn_seg.opencv_exact import hsv_to_rgb_uint8, resize_linear_uint8, resize_nearest, rgb_to_hsv_uint8
 
 RNG = np.random.default_rng(0)

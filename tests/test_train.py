@@ -24,11 +24,11 @@ from datasets import Dataset, DatasetDict, Image, concatenate_datasets
 from safetensors.torch import load_file
 from transformers import TrainingArguments
 
-from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig
+from fpn_seg import ResNetV1cBackbone, ResNetV1cConfig, image_to_tensor
 from fpn_seg.presets import PRESETS, preset_config
 from fpn_seg.conversion import convert_imagenet_backbone
 from fpn_seg.data import TrainTransform, collate_same_size, generate_street_scenes, load_cityscapes
-from fpn_seg.data.transforms import mix_seed
+from fpn_seg.data.transforms import mix_seed, raw_label_tensor
 from fpn_seg.image_processing_semantic_fpn import SemanticFPNImageProcessor
 from fpn_seg.metrics import mean_iou
 from fpn_seg.train import (
@@ -437,10 +437,12 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(scenes, tmp_path):
     loader = trainer.get_train_dataloader()
     loader.set_epoch(1)  # as the Trainer does before each epoch
     batch = dataset.prepare_batch(next(iter(loader)))
-    decoded = AugmentedTrainDataset(raw, transform, seed=3, augment_on="device")  # the public transform on its items
-    expected = [
-        transform.transform_example(decoded[key].image, decoded[key].label, torch.Generator().manual_seed(seed))
-        for key, seed in ((key, mix_seed(3, *key)) for key in orders[1][:4])
+    expected = [  # the public transform on the decoded examples
+        transform.transform_example(
+            image_to_tensor(raw[index]["image"]), raw_label_tensor(raw[index]["label"]),
+            torch.Generator().manual_seed(mix_seed(3, epoch, index)),
+        )  # fmt: skip
+        for epoch, index in orders[1][:4]
     ]
     assert torch.equal(batch["pixel_values"], torch.stack([pixel_values for pixel_values, _ in expected]))
     assert torch.equal(batch["labels"], torch.stack([labels for _, labels in expected]))

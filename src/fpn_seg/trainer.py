@@ -7,8 +7,11 @@ the training device) and the deterministic training order and augmentation ([`Ep
 
 - `"workers"`: each DataLoader worker reads an example and runs mmseg's augmentation on it (OpenCV's kernels when
   OpenCV is installed, else the torch ones), returning the uint8 crop and its training ids;
-- `"device"`: the workers only decode (uint8 image, raw label map and the example's `(epoch, index)` key), and
-  [`SemanticFPNTrainer.training_step`] augments the batch on the model's device with the torch kernels.
+- `"device"`: the workers decode and make every random draw and decision ([`TrainTransform.plan_example`]: the
+  resize ratio, the crop (its `cat_max_ratio` test runs on the cheap label map), the flip, the colour distortion's
+  tables) and crop the label map; [`SemanticFPNTrainer.training_step`] does the image's share (resize inside the
+  crop, flip, colour distortion: [`TrainTransform.apply_plan`]) on the model's device with the torch kernels, without
+  a device synchronisation, so the CPU keeps running ahead of the GPU.
 
 Either way the batch is a dict of lists (sizes may differ), moved to the device by the Trainer's DataLoader (pinned,
 non-blocking when configured), and `training_step` normalises and pads it on the device. Both paths draw from the same
@@ -28,7 +31,7 @@ from transformers import Trainer, TrainingArguments
 from .data import TrainTransform
 from .data.image_ops import TorchImageOps, opencv_hsv_matches
 from .data.reading import ReadingLog, TrainingDataError, example_files, read_training_example, storage_columns
-from .data.transforms import mix_seed, single_threaded
+from .data.transforms import AugmentationPlan, mix_seed, single_threaded
 from .metrics.trainer import TRAINER_PADDING_INDEX
 
 AUGMENT_ON = ("workers", "device")
@@ -37,11 +40,11 @@ AUGMENT_ON = ("workers", "device")
 class TrainingExample(NamedTuple):
     """An item of [`AugmentedTrainDataset`] (a tuple, so that the Trainer's column removal leaves it whole)."""
 
-    image: torch.Tensor  # uint8 (3, h, w) augmented crop, or (3, H, W) decoded image
-    label: torch.Tensor  # int64 (h, w) training ids of the crop, or the raw (H, W) label map
+    image: torch.Tensor  # uint8 (3, h, w) augmented crop, or the (3, H, W) decoded image when `plan` is set
+    label: torch.Tensor  # int64 (h, w) training ids of the augmented crop (both paths)
     key: tuple[int, int]  # (epoch, index)
     source: str  # the example's files, for messages
-    augmented: bool  # True when the worker augmented it
+    plan: AugmentationPlan | None  # the image's share of the augmentation still to do (device path), else None
 
 # Where [`SemanticFPNTrainer`] keeps the training arguments in a checkpoint (JSON, not the Trainer's pickle).
 TRAINING_ARGS_JSON = "training_args.json"
@@ -75,10 +78,11 @@ class AugmentedTrainDataset(torch.utils.data.Dataset):
     uninterrupted run (the DataLoader fetches ahead of the step being trained, and the Trainer restores its RNG
     states only after the first batch of the resumed epoch), whatever the number of workers or processes.
 
-    `augment_on="workers"` augments in `__getitem__` (a DataLoader worker); `"device"` only decodes there and leaves
-    the augmentation to [`prepare_batch`] on the training device (the module docstring compares them). Items are
-    [`TrainingExample`]s: the uint8 crop and its training ids, not yet normalised or padded (workers), or the decoded
-    uint8 image and raw label map (device). Collate with [`collate_training_examples`].
+    `augment_on="workers"` augments in `__getitem__` (a DataLoader worker); `"device"` only plans there and leaves
+    the image's share of the augmentation to [`prepare_batch`] on the training device (the module docstring compares
+    them). Items are [`TrainingExample`]s: the uint8 crop (workers) or the decoded uint8 image and its
+    [`AugmentationPlan`] (device), with the training ids of the crop, not yet normalised or padded. Collate with
+    [`collate_training_examples`].
     """
 
     def __init__(self, dataset: Dataset, transform: TrainTransform, seed: int, augment_on: str = "workers"):
@@ -102,23 +106,22 @@ class AugmentedTrainDataset(torch.utils.data.Dataset):
         self.reading_log.record(" + ".join(example_files(example, index, *columns)))
         with single_threaded():  # per-example work is small: one thread is faster
             image, labels, source = read_training_example(example, index, *columns, transform.processor)
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
+            plan, labels = transform.plan_example(labels, generator)  # every draw; the (h, w) label crop
             if self.augment_on == "workers":
-                generator = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index))
-                image, labels = transform.augment_example(image, labels, generator)  # (3, h, w) uint8, (h, w)
-        return TrainingExample(image, labels, (epoch, index), source, self.augment_on == "workers")
+                image, plan = transform.apply_plan(image, plan), None  # (3, h, w) uint8
+        return TrainingExample(image, labels, (epoch, index), source, plan)
 
     def prepare_batch(self, batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """A collated batch -> `{"pixel_values": float32 (B, 3, crop_h, crop_w), "labels": int64 (B, crop_h, crop_w)}`
         on `device` (default: the images'): augmented there first when the workers only decoded, then normalised and
         padded there. Each example's draws come from its own CPU generator (seeded by `(seed, epoch, index)`)."""
         pixel_values, labels = [], []
-        examples = zip(batch["images"], batch["label_maps"], batch["keys"], batch["augmented"])
-        for image, label, key, augmented in examples:
+        for image, label, plan in zip(batch["images"], batch["label_maps"], batch["plans"]):
             if device is not None:
                 image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            if not augmented:
-                generator = torch.Generator().manual_seed(mix_seed(self.seed, *key))
-                image, label = self.transform.augment_example(image, label, generator, TorchImageOps)
+            if plan is not None:  # no device synchronisation: every decision was made in the worker
+                image = self.transform.apply_plan(image, plan, TorchImageOps)
             example_pixels, example_labels = self.transform.finish(image, label)
             pixel_values.append(example_pixels)
             labels.append(example_labels)
@@ -126,12 +129,12 @@ class AugmentedTrainDataset(torch.utils.data.Dataset):
 
 
 def collate_training_examples(examples: list[TrainingExample]) -> dict[str, list]:
-    """[`TrainingExample`]s -> one batch of lists, `images`, `label_maps`, `keys`, `sources`, `augmented` (images of
+    """[`TrainingExample`]s -> one batch of lists, `images`, `label_maps`, `keys`, `sources`, `plans` (images of
     different sizes cannot be stacked before they are cropped and padded: [`AugmentedTrainDataset.prepare_batch`])."""
     return {name: [getattr(example, field) for example in examples] for name, field in _BATCH_FIELDS.items()}
 
 
-_BATCH_FIELDS = {"images": "image", "label_maps": "label", "keys": "key", "sources": "source", "augmented": "augmented"}
+_BATCH_FIELDS = {"images": "image", "label_maps": "label", "keys": "key", "sources": "source", "plans": "plan"}
 
 
 # ------------------------------------------------------------------------------------------------ trainer

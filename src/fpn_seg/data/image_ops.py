@@ -15,42 +15,19 @@ otherwise the torch kernel runs on the worker's arrays.
 """
 
 import hashlib
-import importlib
-import os
 from collections.abc import Sequence
 from functools import lru_cache
-from types import ModuleType
 
 import numpy as np
 import torch
 
 from ..opencv_exact import hsv_to_rgb_uint8, resize_linear_uint8, rgb_to_hsv_uint8
+from ..optional_opencv import load_opencv
 
 # sha256 of `hsv_to_rgb_uint8` on every HSV value (H 0..179, S, V 0..255 in that nesting), laid out as rows of
 # `_HSV_ROW` pixels: what OpenCV must reproduce to be used (`tests/test_opencv_exact.py` recomputes it).
 HSV_TO_RGB_SHA256 = "cf2763d893cfed37873c3062fb3b644ac3d2c35a59299550e0e82c8f6874eb48"
 _HSV_ROW = 256  # pixels per row given to cv2's HSV -> RGB: a whole number of its vector blocks (16, 32 or 64 pixels)
-
-
-_THREADS_SET_IN: list[int] = []  # the process in which OpenCV's threads were last turned off
-
-
-@lru_cache(maxsize=1)
-def _import_opencv() -> ModuleType | None:
-    try:
-        return importlib.import_module("cv2")
-    except ImportError:
-        return None
-
-
-def load_opencv() -> ModuleType | None:
-    """`cv2` (opencv-python-headless, the `[opencv]` extra) if installed, else `None`. Inside a DataLoader worker,
-    OpenCV's own threads are turned off (`cv2.setNumThreads(0)`, as mmseg does): the workers are the parallelism."""
-    cv2 = _import_opencv()
-    if cv2 is not None and torch.utils.data.get_worker_info() is not None and _THREADS_SET_IN != [os.getpid()]:
-        cv2.setNumThreads(0)
-        _THREADS_SET_IN[:] = [os.getpid()]
-    return cv2
 
 
 def hsv_domain() -> np.ndarray:
@@ -188,6 +165,5 @@ __all__ = [
     "convert_table",
     "hsv_domain",
     "image_ops",
-    "load_opencv",
     "opencv_hsv_matches",
 ]

@@ -29,7 +29,7 @@ import torch
 from datasets import Dataset, Image
 
 from ..image_processing_semantic_fpn import ImageFileError, image_to_tensor, open_image
-from .image_ops import load_opencv
+from ..optional_opencv import load_opencv
 from .label_marks import check_label_policy
 from .transforms import raw_label_tensor
 

@@ -49,6 +49,7 @@ otherwise).
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,8 @@ from torch.nn import functional as F
 from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor, open_image
 from ..label_policy import LabelPolicy
 from ..opencv_exact import HUE_RANGE, hsv_to_rgb_uint8, resize_nearest, rgb_to_hsv_uint8
-from .image_ops import TorchImageOps, convert_table, image_ops, load_opencv
+from ..optional_opencv import load_opencv
+from .image_ops import TorchImageOps, convert_table, image_ops
 from .label_marks import check_label_policy
 
 
@@ -244,6 +246,40 @@ class _LabelCoder:
         return raw_counts @ self._tables(raw.device)[1]
 
 
+@dataclass(frozen=True)
+class AugmentationPlan:
+    """The draws of one example's augmentation, made by [`TrainTransform.plan_example`] on the CPU: what the image's
+    share of the work ([`TrainTransform.apply_plan`]) needs, on whichever device it runs.
+
+    - `size`: (height, width) of the random keep-ratio resize;
+    - `box`: (top, bottom, left, right) of the crop, in the resized image;
+    - `flip`: a horizontal flip;
+    - `colour`: the photometric distortion as steps `(channel, table)`, each 256-entry uint8 table applied to every
+      value (`channel=None`) or to one HSV channel (0: hue, 1: saturation) in OpenCV's 8-bit HSV.
+    """
+
+    size: tuple[int, int]
+    box: tuple[int, int, int, int]
+    flip: bool
+    colour: tuple[tuple[int | None, np.ndarray], ...]
+
+
+class _ColourSteps:
+    """An image backend for `_photometric` that records its steps (with their tables) instead of applying them."""
+
+    def __init__(self):
+        self.steps: list[tuple[int | None, np.ndarray]] = []
+
+    def lookup(self, image, table: torch.Tensor | None):
+        if table is not None:
+            self.steps.append((None, table.numpy().copy()))
+        return image
+
+    def adjust_hsv(self, image, channel: int, table: torch.Tensor):
+        self.steps.append((channel, table.numpy().copy()))
+        return image
+
+
 # ------------------------------------------------------------------------------------------------ transforms
 
 
@@ -342,29 +378,55 @@ class TrainTransform:
         tensors' device: uint8 (3, H, W) image and raw (H, W) labels (before the label policy; uint8 keeps them
         small) -> uint8 (3, h, w) crop and its int64 (h, w) training ids, `(h, w)` at most the crop size (smaller
         when the resized image is). `ops`: the image backend (`fpn_seg.data.image_ops`); default OpenCV for CPU
-        tensors when installed, else the torch kernels. Every backend and device gives the same bytes."""
+        tensors when installed, else the torch kernels. Every backend and device gives the same bytes.
+
+        The same as [`plan_example`] (every draw, and the label map's share of the work) then [`apply_plan`] (the
+        image's share), which the device path runs in two places: the plan in a DataLoader worker, the image on the
+        training device."""
         if image.shape[-2:] != raw_labels.shape:
             raise ValueError(
                 f"TrainTransform: image size {tuple(image.shape[-2:])} and label size {tuple(raw_labels.shape)} "
                 "differ."
             )
-        if ops is None:
-            ops = image_ops() if image.device.type == "cpu" else TorchImageOps
+        plan, labels = self.plan_example(raw_labels, generator)
+        return self.apply_plan(image, plan, ops), labels
+
+    def plan_example(
+        self, raw_labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple["AugmentationPlan", torch.Tensor]:
+        """Every random draw of one example, in mmseg's order, and its augmented label crop: raw (H, W) labels ->
+        ([`AugmentationPlan`], int64 (h, w) training ids). Label maps are cheap (nearest resize inside each candidate
+        crop, one `bincount` per candidate): the crop's `cat_max_ratio` test runs here, on the labels' device,
+        without touching the image."""
         ratio = _uniform(generator, *self.ratio_range)
         scale = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
-        size = keep_ratio_size(*image.shape[-2:], scale)
+        size = keep_ratio_size(*raw_labels.shape[-2:], scale)
 
         def varied(box: tuple[int, int, int, int]) -> bool:
             return _varied(self._labels.class_counts(resize_nearest(raw_labels, size, box)), self.cat_max_ratio)
 
         box = _crop_box(size, self.crop_size, generator, varied, self.cat_max_ratio)
         labels = self._labels.encode(resize_nearest(raw_labels, size, box))  # (h, w) int64
-        pixels = ops.resize(ops.from_tensor(image), size, box)
-        if torch.rand((), generator=generator).item() < self.flip_prob:
-            pixels, labels = ops.flip(pixels), labels.flip(-1)
+        flip = bool(torch.rand((), generator=generator).item() < self.flip_prob)
+        if flip:
+            labels = labels.flip(-1)
+        colour = _ColourSteps()
         if self.photometric:
-            pixels = _photometric(pixels, generator, ops)
-        return ops.to_tensor(pixels), labels
+            _photometric(None, generator, colour)
+        return AugmentationPlan(size, box, flip, tuple(colour.steps)), labels
+
+    def apply_plan(self, image: torch.Tensor, plan: "AugmentationPlan", ops=None) -> torch.Tensor:
+        """The image's share of [`plan_example`]'s plan: uint8 (3, H, W) -> the uint8 (3, h, w) crop, resized,
+        flipped and colour-distorted as planned, with `ops` (see [`augment_example`]) on the image's device."""
+        if ops is None:
+            ops = image_ops() if image.device.type == "cpu" else TorchImageOps
+        pixels = ops.resize(ops.from_tensor(image), plan.size, plan.box)
+        if plan.flip:
+            pixels = ops.flip(pixels)
+        for channel, table in plan.colour:
+            table = torch.from_numpy(table)
+            pixels = ops.lookup(pixels, table) if channel is None else ops.adjust_hsv(pixels, channel, table)
+        return ops.to_tensor(pixels)
 
     def finish(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 6, on the tensors' device: uint8 (3, h, w) -> normalised float32 (3, crop_h, crop_w), padded at the
@@ -456,6 +518,7 @@ def collate_same_size(examples: list[dict[str, torch.Tensor]]) -> dict[str, torc
 
 
 __all__ = [
+    "AugmentationPlan",
     "EvalTransform",
     "TrainTransform",
     "collate_same_size",
