@@ -2,7 +2,8 @@
 
     fpn-seg predict runs/demo/model street.jpg photos/ "more/**/*.png" --output-dir predictions
     fpn-seg predict runs/demo/model photos/ --output-dir out --mode slide --crop-size 512 1024 --tta --device cuda
-    fpn-seg predict runs/demo/onnx photos/ --output-dir out --onnx --int8
+    fpn-seg predict runs/demo/onnx photos/ --output-dir out --runtime openvino --precision int8
+    fpn-seg predict runs/demo/onnx photos/ --output-dir out --runtime auto     # the fastest correct path here
 
 MODEL is a model folder (`config.json`, `model.safetensors`, `preprocessor_config.json`, as `save_pretrained` writes
 them) or a hub id. A folder without `preprocessor_config.json` is used with the processor built from the model's
@@ -11,8 +12,13 @@ a note says so. Model code shipped with a folder is only executed with `--trust-
 `fpn_seg.optimization.optimize_for_inference(model)` makes it (exact float32: BatchNorm folded into the convs,
 channels_last, oneDNN convs; the same logits up to float rounding) unless `--no-optimize` is given; on the CPU the
 command also keeps freed memory for reuse (`retain_freed_memory()`: no page faults on every forward pass, exact).
-With `--onnx`, MODEL is an ONNX folder written by `fpn-seg export`, run by ONNX Runtime on the CPU
-(`fpn_seg.deployment.ORTModelForSemanticSegmentation`): `model.onnx`, or `model_quantized.onnx` with `--int8`.
+MODEL may also be an ONNX folder written by `fpn-seg export`, run on the CPU by ONNX Runtime (the default for such a
+folder) or OpenVINO (`--runtime onnxruntime | openvino`, `fpn_seg.deployment.ORTModelForSemanticSegmentation` /
+`OVModelForSemanticSegmentation`): `model.onnx` (`--precision fp32`, or `bf16` with OpenVINO on CPUs with AVX512-BF16
+or AMX) or `model_quantized.onnx` (`--precision int8`). `--runtime auto` takes the fastest path that passes a short
+probe on this machine and says which and why on stderr (`fpn_seg.deployment.load_runtime`); with `--precision fp32`
+it keeps to exact paths. `--onnx`, `--int8` and `--bf16` are aliases of `--runtime onnxruntime`, `--precision int8`
+and `--precision bf16`.
 
 INPUTS are image files (taken as given), folders (searched recursively for image extensions) and glob patterns
 (`**` allowed; matching files with image extensions). Outputs per image, under `--output-dir`:
@@ -47,8 +53,10 @@ from .image_files import (
     raise_pillow_pixel_limit,
     read_image,
 )
-from .inference import MMSEG_MS_RATIOS, default_stride, prepare_model, segment
-from .model_folders import ModelFolderError, load_model
+from .deployment.onnx_folder import PRECISIONS
+from .deployment.runtimes import RUNTIME_CHOICES
+from .inference import MMSEG_MS_RATIOS, default_stride, model_device_and_dtype, segment
+from .model_folders import ModelFolderError
 from .optimization import retain_freed_memory
 from .visualize import class_pixel_counts, overlay, save_label_png
 
@@ -66,16 +74,30 @@ def outputs_of(item: ImageInput, output_dir: Path, with_overlay: bool) -> list[P
     return [base.parent / name for name in names]
 
 
-def load_onnx_model(folder: str, int8: bool):
-    """An ONNX folder of `fpn-seg export` -> (ORTModelForSemanticSegmentation, its processor); `PredictError` when it
-    cannot be loaded."""
-    from .deployment import OnnxFolderError
-    from .deployment.runtime import load_onnx_folder
+def load_predict_model(args: argparse.Namespace):
+    """MODEL with `--runtime` / `--precision` -> (the model-like object to run, its processor), through
+    `fpn_seg.deployment.load_runtime`; `PredictError` when it cannot be loaded. Without `--runtime`: torch for a model
+    folder or hub id, ONNX Runtime for an ONNX folder. `--runtime auto` prints its choice and why on stderr. Sets
+    `args.bf16` when the choice is torch's bfloat16 autocast."""
+    from .deployment import load_runtime
+    from .deployment.runtimes import folder_kinds
 
+    runtime = args.runtime or ("torch" if "torch" in folder_kinds(args.model) else "onnxruntime")
+    device = resolve_device(args.device) if runtime == "torch" else None
+    asked = f"--runtime {runtime}" + (f", --precision {args.precision}" if args.precision else "")
     try:
-        return load_onnx_folder(folder, precision="int8" if int8 else "fp32")
-    except (OnnxFolderError, ModelFolderError, ImportError, OSError) as error:
-        raise PredictError(f"MODEL {folder!r} (--onnx): {error}") from None
+        model, processor, choice = load_runtime(
+            args.model, runtime, args.precision, device=device, optimize=not args.no_optimize,
+            trust_remote_code=args.trust_remote_code,
+        )  # fmt: skip
+    except ModelFolderError as error:
+        raise PredictError(str(error)) from None
+    except (ValueError, ImportError, OSError) as error:
+        raise PredictError(f"MODEL {args.model!r} ({asked}): {error}") from None
+    if runtime == "auto":
+        print(f"fpn-seg predict: runtime auto chose {choice.summary()}", file=sys.stderr)
+    args.bf16 = choice.autocast_bf16
+    return model, processor
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -158,7 +180,7 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
     parser.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), help="slide step (default 2/3 of the crop)")
     parser.add_argument("--tta", action="store_true", help=f"multi-scale {MMSEG_MS_RATIOS} + flip, as mmseg's ms+flip")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default: cuda when available, else cpu)")
-    parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="the same as --precision bf16 (torch: bfloat16 autocast)")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images only)")
     parser.add_argument("--alpha", type=float, default=0.5, help="opacity of the colours in the overlay (0..1)")
     parser.add_argument("--no-overlay", action="store_true", help="write only the label PNGs")
@@ -170,8 +192,21 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
         "same logits up to float rounding, faster; on the CPU, freed memory is also kept for reuse while it runs)",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow running model code shipped with MODEL")
-    parser.add_argument("--onnx", action="store_true", help="MODEL is an ONNX folder of fpn-seg export (ONNX Runtime)")
-    parser.add_argument("--int8", action="store_true", help="with --onnx: run its static int8 model_quantized.onnx")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="torch (a model folder or hub id), onnxruntime or openvino (an ONNX folder of fpn-seg export), or auto: "
+        "the fastest correct one for this machine, by a short probe (default: torch, or onnxruntime for an ONNX "
+        "folder)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32 (exact: float32 arithmetic), bf16 or int8 (approximate; int8 needs an export with --int8). "
+        "Default: fp32, and with --runtime auto any precision (--precision fp32 keeps auto to exact paths)",
+    )
+    parser.add_argument("--onnx", action="store_true", help="the same as --runtime onnxruntime")
+    parser.add_argument("--int8", action="store_true", help="the same as --precision int8")
     parser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default %(default)s)"
     )
@@ -179,17 +214,18 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
 
 
 def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.int8 and not args.onnx:
-        parser.error(
-            "--int8 runs the int8 model of an ONNX folder: add --onnx (export one with fpn-seg export --int8)."
-        )
-    if args.onnx:
-        torch_only = [flag for flag, given in (("--bf16", args.bf16), ("--no-optimize", args.no_optimize),
-                                               ("--device", args.device is not None)) if given]  # fmt: skip
+    for alias, name, value in (("--onnx", "runtime", "onnxruntime"), ("--int8", "precision", "int8"),
+                               ("--bf16", "precision", "bf16")):  # fmt: skip
+        if getattr(args, alias[2:]):
+            if getattr(args, name) not in (None, value):
+                parser.error(f"{alias} means --{name} {value}; it contradicts --{name} {getattr(args, name)}.")
+            setattr(args, name, value)
+    if args.runtime in ("onnxruntime", "openvino", "auto"):
+        torch_only = [flag for flag, given in (("--no-optimize", args.no_optimize and args.runtime != "auto"),
+                                               ("--device", args.device not in (None, "cpu"))) if given]  # fmt: skip
         if torch_only:
             parser.error(
-                f"{', '.join(torch_only)} apply to torch models; an --onnx model runs on ONNX Runtime on the CPU "
-                "(float32, or --int8)."
+                f"{', '.join(torch_only)} apply to the torch runtime; --runtime {args.runtime} runs on the CPU."
             )
     if args.mode == "slide" and args.crop_size is None:
         parser.error("--mode slide needs --crop-size H W (e.g. --crop-size 512 1024).")
@@ -258,16 +294,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.overwrite:
         outputs = [path for item in inputs for path in outputs_of(item, args.output_dir, with_overlay)]
         _check_outputs_free(outputs, args.output_dir)
-    if args.onnx:
-        device = torch.device("cpu")
-        model, processor = load_onnx_model(args.model, args.int8)
-    else:
-        device = resolve_device(args.device)
-        try:
-            model, processor = load_model(args.model, args.trust_remote_code)
-        except ModelFolderError as error:
-            raise PredictError(str(error)) from None
-        model = prepare_model(model.to(device), optimize=not args.no_optimize)
+    model, processor = load_predict_model(args)
+    device = model_device_and_dtype(model)[0]
     config = model.config
     num_labels = config.num_labels
     ignore_index = getattr(config, "ignore_index", 255)
@@ -317,7 +345,7 @@ __all__ = [
     "PredictError",
     "build_parser",
     "check_predicted_labels",
-    "load_onnx_model",
+    "load_predict_model",
     "main",
     "outputs_of",
     "resolve_device",
