@@ -1,9 +1,9 @@
 # `make test` and `make demo` work on a fresh clone: they create .venv (CPU torch first, so that no CUDA build is
-# pulled in) and install the package with its extras: dev (tests, notebooks), onnx (export, int8, ONNX Runtime), opencv
-# (the training data pipeline's fast path), bench (OpenVINO as the benchmarks' peer runtime), at the versions of
-# constraints.txt (the set the suite was last green with). `make test-latest` runs the suite in .venv-latest against
-# the newest releases setup.cfg allows; `make constraints` does that, then rewrites constraints.txt from it (refresh
-# on purpose, after a green run).
+# pulled in) and install the package with its extras: dev (tests, notebooks), onnx (export, int8, ONNX Runtime),
+# openvino (OpenVINO inference), app (the web app), opencv (the training data pipeline's fast path, predict's PNG
+# encoder), bench (the benchmarks' peers), at the versions of constraints.txt (the set the suite was last green
+# with). `make test-latest` runs the suite in .venv-latest against the newest releases setup.cfg allows;
+# `make constraints` does that, then rewrites constraints.txt from it (refresh on purpose, after a green run).
 VENV ?= .venv
 # pip's -c file; empty: the newest releases (upgraded on every install).
 CONSTRAINTS ?= constraints.txt
@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(PY) -m pip install -q $(PIP_VERSIONS) -e ".[dev,onnx,app,opencv,bench]"
+	$(PY) -m pip install -q $(PIP_VERSIONS) -e ".[dev,onnx,openvino,app,opencv,bench]"
 	touch $(STAMP)
 
 # transformers' own common tests come from the sdist of the installed version (downloaded once into .cache/); the

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from torch import nn
 
 from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.conversion import convert_mmseg_state_dict
+
+# `--runtime auto` caches its choices: tests (and the processes they start) keep theirs out of ~/.cache.
+os.environ.setdefault("FPN_SEG_CACHE_DIR", tempfile.mkdtemp(prefix="fpn_seg_test_cache_"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -251,6 +251,25 @@ def test_an_onnx_folder_is_served_with_its_precisions(model_dir, images, expecte
         service.segment_file(images[0], precision="int8")
 
 
+def test_an_onnx_folder_is_served_by_openvino_and_by_auto(model_dir, images, expected, workdir, tmp_path, monkeypatch):
+    from fpn_seg.deployment import detect_cpu_capabilities, export_onnx
+
+    monkeypatch.setenv("FPN_SEG_CACHE_DIR", str(tmp_path / "cache"))
+    onnx_dir = workdir / "onnx_openvino"
+    export_onnx(model_dir, onnx_dir)
+    service = SegmentationService(str(onnx_dir), runtime="openvino")
+    assert service.load_error is None and (service.runtime, service.kind) == ("openvino", "onnx")
+    assert service.precisions == (("fp32", "bf16") if detect_cpu_capabilities().openvino_bf16 else ("fp32",))
+    assert "OpenVINO." in service.describe()
+    result = service.segment_file(images[0])
+    assert (result.label_map == expected[images[0].name]).float().mean() > 0.999
+    auto = SegmentationService(str(onnx_dir), runtime="auto", precision="fp32")
+    assert auto.load_error is None and auto.choice.exact and auto.default_precision == "fp32"
+    assert f"Runtime auto chose {auto.choice.summary()}." in auto.describe()
+    bf16 = SegmentationService(str(onnx_dir), runtime="onnxruntime", precision="bf16")
+    assert "does not load: ONNX Runtime runs fp32 and int8, not bf16" in bf16.load_error
+
+
 def test_the_written_space_serves_from_a_fresh_process(model_dir, images, expected, workdir):
     space = write_space(str(model_dir), workdir / "space", examples=images[:1])
     assert {"app.py", "requirements.txt", "README.md", "fpn_seg", "model", "examples"} <= {p.name for p in space.iterdir()}

@@ -22,6 +22,18 @@ def test_demo_runs_and_reuses_its_outputs(tmp_path, capsys):
     assert held_out["num_images"] == 3 and 0.0 <= held_out["mean_iou"] <= 1.0
     assert 0.0 <= held_out["bf16_mean_iou"] <= 1.0 and 0.0 <= held_out["bf16_pixel_agreement"] <= 1.0
     assert f"{100 * held_out['bf16_pixel_agreement']:.2f}% of the pixels get the float32 label" in first
+    from fpn_seg.deployment import detect_cpu_capabilities
+
+    for name, key in (("ONNX Runtime int8", "int8"), ("OpenVINO fp32", "openvino_fp32"), ("OpenVINO int8", "openvino_int8"),
+                      ("OpenVINO bf16", "openvino_bf16")):  # fmt: skip
+        if key == "openvino_bf16" and not detect_cpu_capabilities().openvino_bf16:
+            assert "OpenVINO bf16: skipped: no bf16 on this CPU" in first and key + "_mean_iou" not in held_out
+            continue
+        agreement, miou = held_out[f"{key}_pixel_agreement"], held_out[f"{key}_mean_iou"]
+        assert 0.0 <= agreement <= 1.0 and 0.0 <= miou <= 1.0, key
+        assert (f"{name}: {100 * agreement:.2f}% of the pixels get the float32 label; mIoU {100 * miou:.2f} "
+                f"(float32: {100 * held_out['mean_iou']:.2f})") in first, name  # fmt: skip
+    assert held_out["openvino_fp32_pixel_agreement"] >= 0.999  # exact: the same labels up to float rounding ties
     weights = (model_dir / "model.safetensors").read_bytes()
 
     assert demo_main(arguments) == 0

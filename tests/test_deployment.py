@@ -23,8 +23,10 @@ from fpn_seg.deployment import (
     QUANTIZED_FILE_NAME,
     ExportError,
     ORTModelForSemanticSegmentation,
+    OVModelForSemanticSegmentation,
     OnnxFolderError,
     export_onnx,
+    load_runtime,
 )
 from fpn_seg.deployment import export as export_module
 from fpn_seg.image_processing_semantic_fpn import label_to_tensor
@@ -36,6 +38,8 @@ from fpn_seg.train import run_training
 
 SCENE_SIZE = (48, 96)
 PARITY_TOLERANCE = 1e-4
+RUNTIMES = [ORTModelForSemanticSegmentation, OVModelForSemanticSegmentation]
+RUNTIME_IDS = ["onnxruntime", "openvino"]
 
 
 def export_main(*args: str) -> int:
@@ -148,19 +152,21 @@ def mean_iou_of(label_maps, labels, num_labels: int) -> float:
     return float(metric.compute()["mean_iou"])
 
 
-def test_int8_agrees_with_float32_on_a_trained_model(trained):
+@pytest.mark.parametrize("runtime", RUNTIMES, ids=RUNTIME_IDS)
+def test_int8_agrees_with_float32_on_a_trained_model(trained, runtime):
     model, processor, images = trained["model"], trained["processor"], trained["images"]
-    int8 = ORTModelForSemanticSegmentation.from_pretrained(trained["onnx_dir"], precision="int8")
+    int8 = runtime.from_pretrained(trained["onnx_dir"], precision="int8")
     float32_maps, int8_maps = segment(model, processor, images), segment(int8, processor, images)
     agreement = sum(int((a == b).sum()) for a, b in zip(int8_maps, float32_maps)) / sum(m.numel() for m in float32_maps)
     num_labels = model.config.num_labels
     float32_miou = mean_iou_of(float32_maps, trained["labels"], num_labels)
     int8_miou = mean_iou_of(int8_maps, trained["labels"], num_labels)
-    print(f"int8 vs float32: agreement {100 * agreement:.2f}%, mIoU {100 * int8_miou:.2f} vs {100 * float32_miou:.2f}")
+    print(f"{runtime.runtime_name} int8 vs float32: agreement {100 * agreement:.2f}%, mIoU {100 * int8_miou:.2f} vs "
+          f"{100 * float32_miou:.2f}")
     assert float32_miou > 0.3  # the model learnt something, so that agreement means something
-    # 97.50% (99.29% before issue 20 changed 0.006% of the augmentation's HSV values, which changes this 200-step
-    # model): the agreement of such a short run moves with tiny data changes; mIoU is the accuracy guard below.
-    assert agreement >= 0.97
+    # Measured on the 2-core AVX2 machine (no VNNI), 2026-12-04: ONNX Runtime 99.5%, OpenVINO 98.5% (oneDNN's AVX2
+    # int8 kernels add u8 x s8 products in saturating 16 bits where VNNI has 32; ONNX Runtime's MLAS kernels do not).
+    assert agreement >= (0.99 if runtime is ORTModelForSemanticSegmentation else 0.98)
     assert abs(int8_miou - float32_miou) <= 0.02
     graph = onnx.load(trained["onnx_dir"] / QUANTIZED_FILE_NAME)
     operators = [node.op_type for node in graph.graph.node]
@@ -176,9 +182,10 @@ def test_int8_agrees_with_float32_on_a_trained_model(trained):
     ],
     ids=["whole", "slide", "ms+flip"],
 )
-def test_segment_runs_the_onnx_model_like_the_torch_model(trained, options):
+@pytest.mark.parametrize("runtime", RUNTIMES, ids=RUNTIME_IDS)
+def test_segment_runs_the_onnx_model_like_the_torch_model(trained, options, runtime):
     model, processor, images = trained["model"], trained["processor"], trained["images"][:3]
-    onnx_model = ORTModelForSemanticSegmentation.from_pretrained(trained["onnx_dir"])
+    onnx_model = runtime.from_pretrained(trained["onnx_dir"])
     labels, probabilities = segment(model, processor, images, return_probabilities=True, **options)
     onnx_labels, onnx_probabilities = segment(onnx_model, processor, images, return_probabilities=True, **options)
     for expected, got in zip(probabilities, onnx_probabilities):
@@ -189,22 +196,58 @@ def test_segment_runs_the_onnx_model_like_the_torch_model(trained, options):
         segment(onnx_model, processor, images, bf16=True)
 
 
-def test_predict_command_runs_the_onnx_folder(trained, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flags, runtime, precision",
+    [
+        (["--onnx"], ORTModelForSemanticSegmentation, "fp32"),
+        (["--onnx", "--int8"], ORTModelForSemanticSegmentation, "int8"),
+        ([], ORTModelForSemanticSegmentation, "fp32"),  # an ONNX folder: ONNX Runtime by default
+        (["--runtime", "openvino"], OVModelForSemanticSegmentation, "fp32"),
+        (["--runtime", "openvino", "--precision", "int8"], OVModelForSemanticSegmentation, "int8"),
+    ],
+    ids=["onnx", "onnx-int8", "default", "openvino", "openvino-int8"],
+)
+def test_predict_command_runs_the_onnx_folder(trained, tmp_path, flags, runtime, precision):
     processor, onnx_dir, image = trained["processor"], trained["onnx_dir"], trained["images"][0]
     image_path = tmp_path / "scene.png"
     image.save(image_path)
-    for flags, precision in (([], "fp32"), (["--int8"], "int8")):
-        output_dir = tmp_path / precision
-        assert predict_main([str(onnx_dir), str(image_path), "-o", str(output_dir), "--onnx", *flags]) == 0
-        saved = torch.from_numpy(np.asarray(Image.open(output_dir / "scene_label.png")).astype(np.int64))
-        onnx_model = ORTModelForSemanticSegmentation.from_pretrained(onnx_dir, precision=precision)
-        assert torch.equal(saved, segment(onnx_model, processor, image)[0]), precision
-        assert (output_dir / "scene_overlay.png").is_file()
+    output_dir = tmp_path / "out"
+    assert predict_main([str(onnx_dir), str(image_path), "-o", str(output_dir), *flags]) == 0
+    saved = torch.from_numpy(np.asarray(Image.open(output_dir / "scene_label.png")).astype(np.int64))
+    onnx_model = runtime.from_pretrained(onnx_dir, precision=precision)
+    assert torch.equal(saved, segment(onnx_model, processor, image)[0]), flags
+    assert (output_dir / "scene_overlay.png").is_file()
 
 
-def test_pipeline_runs_the_onnx_model(trained):
+def test_auto_chooses_among_what_passed_on_this_machine(trained, tmp_path, monkeypatch, capsys):
+    """auto on a trained model: every path that runs here is probed; the choice is the fastest that passed (or the
+    fastest exact one, when no approximate path gains MIN_GAIN), and predict's labels are those of that runtime."""
+    from fpn_seg.deployment.runtime_choice import MIN_GAIN
+
+    monkeypatch.setenv("FPN_SEG_CACHE_DIR", str(tmp_path / "cache"))
+    processor, onnx_dir, image = trained["processor"], trained["onnx_dir"], trained["images"][0]
+    model, _, choice = load_runtime(onnx_dir, "auto")
+    probes = {str(result.candidate): result for result in choice.probes}
+    print(f"auto on this machine: {choice.summary()}")
+    for name in ("ONNX Runtime fp32", "ONNX Runtime int8", "OpenVINO fp32", "OpenVINO int8"):
+        assert probes[name].status == "ok", (name, probes[name].note)  # the trained model's int8 passes its check
+    assert probes["OpenVINO int8"].agreement >= 0.95
+    passed = sorted((r for r in choice.probes if r.status == "ok"), key=lambda r: r.seconds)
+    fastest_exact = next(r for r in passed if r.precision == "fp32")
+    expected = passed[0] if passed[0].seconds <= (1 - MIN_GAIN) * fastest_exact.seconds else fastest_exact
+    assert (choice.runtime, choice.precision) == (expected.runtime, expected.precision)
+    image_path = tmp_path / "scene.png"
+    image.save(image_path)
+    assert predict_main([str(onnx_dir), str(image_path), "-o", str(tmp_path / "out"), "--runtime", "auto"]) == 0
+    assert f"fpn-seg predict: runtime auto chose {choice.summary()}" in capsys.readouterr().err  # cached: same line
+    saved = torch.from_numpy(np.asarray(Image.open(tmp_path / "out" / "scene_label.png")).astype(np.int64))
+    assert torch.equal(saved, segment(model, processor, image)[0])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES, ids=RUNTIME_IDS)
+def test_pipeline_runs_the_onnx_model(trained, runtime):
     processor, image = trained["processor"], trained["images"][0]
-    onnx_model = ORTModelForSemanticSegmentation.from_pretrained(trained["onnx_dir"], precision="int8")
+    onnx_model = runtime.from_pretrained(trained["onnx_dir"], precision="int8")
     segmenter = pipeline("image-segmentation", model=onnx_model, image_processor=processor)
     label_map = torch.full((image.height, image.width), 255, dtype=torch.long)
     for found in segmenter(image):
@@ -303,11 +346,11 @@ def test_onnx_folders_that_cannot_serve_the_request_are_named(tiny, tmp_path, ca
     assert predict_main([str(onnx_dir), str(image), "-o", str(tmp_path / "out"), "--onnx", "--int8"]) == 2
     error = capsys.readouterr().err
     assert f"has no {QUANTIZED_FILE_NAME}" in error and error.count("\n") == 1
-    for flags, message in [(["--int8"], "--int8 runs the int8 model of an ONNX folder: add --onnx"),
-                           (["--onnx", "--bf16"], "--bf16 apply to torch models")]:  # fmt: skip
-        with pytest.raises(SystemExit) as exited:
-            predict_main([str(onnx_dir), str(image), "-o", str(tmp_path / "out"), *flags])
-        assert exited.value.code == 2 and message in capsys.readouterr().err
+    for flags, message in [(["--int8"], f"(--runtime onnxruntime, --precision int8): '{onnx_dir}' has no "),
+                           (["--onnx", "--bf16"], "ONNX Runtime runs fp32 and int8, not bf16; bf16 runs on OpenVINO")]:
+        assert predict_main([str(onnx_dir), str(image), "-o", str(tmp_path / "out"), *flags]) == 2
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error  # fmt: skip
     assert not (tmp_path / "out").exists()
 
 
@@ -348,5 +391,5 @@ assert main([{str(tiny[1])!r}, {str(image)!r}, "-o", {str(tmp_path / 'torch')!r}
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "needs the onnxruntime package, which is not installed" in result.stdout
-    assert "(--onnx): ONNX export and ONNX Runtime inference needs the onnxruntime package" in result.stderr
+    assert "(--runtime onnxruntime): ONNX export and ONNX Runtime inference needs the onnxruntime" in result.stderr
     assert (tmp_path / "torch" / "image_label.png").is_file()

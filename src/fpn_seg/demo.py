@@ -1,5 +1,5 @@
 """The `make demo` job: synthetic street scenes -> Trainer fine-tuning -> saved model -> AutoModel and pipeline ->
-ONNX export with int8 -> overlays of held-out images, on a CPU in a few minutes.
+ONNX export with int8 -> accuracy of ONNX Runtime and OpenVINO -> overlays of held-out images, on a CPU in a few minutes.
 
     python -m fpn_seg.demo [--output-dir demo_output] [--retrain]
 
@@ -16,7 +16,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, p
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from .data import generate_street_scenes, load_cityscapes
-from .deployment.runtime import is_onnx_folder
+from .deployment.onnx_folder import is_onnx_folder
 from .image_processing_semantic_fpn import label_to_tensor
 from .inference import segment
 from .metrics import MeanIoU, format_iou_table
@@ -47,11 +47,18 @@ def pixel_agreement(label_maps: list[torch.Tensor], reference_maps: list[torch.T
     return equal / sum(reference.numel() for reference in reference_maps)
 
 
-def onnx_int8_results(model_dir, onnx_dir, data_dir, processor, held_out, predictions, results, args) -> dict:
+# The exported runtimes and precisions whose accuracy the demo prints (float32 torch is the reference).
+EXPORTED_PATHS = (("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"))
+
+
+def exported_results(model_dir, onnx_dir, data_dir, processor, held_out, predictions, results, args) -> dict:
     """Export the demo model to ONNX with its int8 copy (reused when it exists and the model was not retrained), run
-    the int8 model on the held-out images, print its agreement with float32 and both mIoUs; {} without `[onnx]`."""
+    every path of `EXPORTED_PATHS` on the held-out images, print its agreement with float32 and both mIoUs (or why it
+    was skipped: a missing extra, no bf16 on this CPU); {} without `[onnx]`."""
     try:
-        from .deployment import ORTModelForSemanticSegmentation, QUANTIZED_FILE_NAME, export_onnx, require
+        from .deployment import QUANTIZED_FILE_NAME, PrecisionUnavailableError, export_onnx, require
+        from .deployment.runtime_choice import RUNTIME_NAMES
+        from .deployment.runtimes import runtime_class
 
         require("onnx", "onnxruntime", "onnxscript")
     except ImportError as error:
@@ -63,14 +70,26 @@ def onnx_int8_results(model_dir, onnx_dir, data_dir, processor, held_out, predic
         print(report.summary())
     else:
         print(f"  reusing {onnx_dir}")
-    int8_model = ORTModelForSemanticSegmentation.from_pretrained(onnx_dir, precision="int8")
-    int8_results, int8_predictions = evaluate_held_out(int8_model, processor, held_out)
-    agreement = pixel_agreement(int8_predictions, predictions)
-    print(
-        f"ONNX Runtime int8: {100 * agreement:.2f}% of the pixels get the float32 label; "
-        f"mIoU {100 * int8_results['mean_iou']:.2f} (float32: {100 * results['mean_iou']:.2f})"
-    )
-    return {"int8_mean_iou": float(int8_results["mean_iou"]), "int8_pixel_agreement": agreement}
+    summary = {}
+    for runtime, precision in EXPORTED_PATHS:
+        name = f"{RUNTIME_NAMES[runtime]} {precision}"
+        try:
+            exported = runtime_class(runtime).from_pretrained(onnx_dir, precision=precision)
+        except PrecisionUnavailableError:
+            print(f"{name}: skipped: no bf16 on this CPU")
+            continue
+        except ImportError as error:
+            print(f"{name}: skipped: {error}")
+            continue
+        exported_iou, exported_predictions = evaluate_held_out(exported, processor, held_out)
+        agreement = pixel_agreement(exported_predictions, predictions)
+        print(
+            f"{name}: {100 * agreement:.2f}% of the pixels get the float32 label; "
+            f"mIoU {100 * exported_iou['mean_iou']:.2f} (float32: {100 * results['mean_iou']:.2f})"
+        )
+        key = "int8" if runtime == "onnxruntime" else f"{runtime}_{precision}"  # int8_*: ONNX Runtime's, as before
+        summary.update({f"{key}_mean_iou": float(exported_iou["mean_iou"]), f"{key}_pixel_agreement": agreement})
+    return summary
 
 
 def _older(folder: Path, than: Path) -> bool:
@@ -125,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "bf16_pixel_agreement": agreement,
     }
     onnx_dir = args.output_dir / "onnx"
-    print(f"[4/6] ONNX export and static int8 (calibrated on {NUM_CALIBRATION_IMAGES} training scenes) into {onnx_dir}")
-    summary.update(onnx_int8_results(model_dir, onnx_dir, data_dir, processor, held_out, predictions, results, args))
+    print(f"[4/6] ONNX export and static int8 (calibrated on {NUM_CALIBRATION_IMAGES} training scenes) into {onnx_dir}; "
+          "ONNX Runtime and OpenVINO")
+    summary.update(exported_results(model_dir, onnx_dir, data_dir, processor, held_out, predictions, results, args))
     (model_dir / "held_out_results.json").write_text(json.dumps(summary, indent=2))
 
     print(f"[5/6] pipeline('image-segmentation') on {NUM_OVERLAYS} held-out images -> {overlay_dir}")
@@ -149,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  training curve   {model_dir / 'training_curves.png'}")
     print(f"  overlays         {overlay_dir}/held_out_*.png")
     if is_onnx_folder(onnx_dir):
-        print(f"  ONNX folder      {onnx_dir}  (fpn-seg predict {onnx_dir} IMAGES --onnx [--int8])")
+        print(f"  ONNX folder      {onnx_dir}  (fpn-seg predict {onnx_dir} IMAGES --runtime auto)")
     print(f"  a held-out scene {args.output_dir / 'street.png'}  (the README's snippets use it)")
     print(f"  web page         fpn-seg app {model_dir}  (http://127.0.0.1:7860)")
     print(f"  held-out mIoU    {100 * results['mean_iou']:.2f}")
     return 0
 
 
-__all__ = ["evaluate_held_out", "main", "onnx_int8_results", "pixel_agreement", "train_demo_model"]
+__all__ = ["evaluate_held_out", "main", "exported_results", "pixel_agreement", "train_demo_model"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,7 +2,8 @@
 
     fpn-seg predict runs/demo/model street.jpg photos/ "more/**/*.png" --output-dir predictions
     fpn-seg predict runs/demo/model photos/ --output-dir out --mode slide --crop-size 512 1024 --tta --device cuda
-    fpn-seg predict runs/demo/onnx photos/ --output-dir out --onnx --int8
+    fpn-seg predict runs/demo/onnx photos/ --output-dir out --runtime openvino --precision int8
+    fpn-seg predict runs/demo/onnx photos/ --output-dir out --runtime auto
 
 MODEL is a model folder (`config.json`, `model.safetensors`, `preprocessor_config.json`, as `save_pretrained` writes
 them) or a hub id. A folder without `preprocessor_config.json` is used with the processor built from the model's
@@ -13,8 +14,13 @@ into the convs, channels_last; oneDNN convs on the CPU, CUDA graphs for repeated
 logits up to float rounding) unless `--no-optimize` is given; `--precision fp16` / `bf16` runs it under autocast. On
 the CPU the command also keeps freed memory for reuse (`retain_freed_memory()`: no page faults on every forward
 pass, exact).
-With `--onnx`, MODEL is an ONNX folder written by `fpn-seg export`, run by ONNX Runtime on the CPU
-(`fpn_seg.deployment.ORTModelForSemanticSegmentation`): `model.onnx`, or `model_quantized.onnx` with `--int8`.
+MODEL may also be an ONNX folder written by `fpn-seg export`, run on the CPU by ONNX Runtime (the default for such a
+folder) or OpenVINO (`--runtime onnxruntime | openvino`, `fpn_seg.deployment.ORTModelForSemanticSegmentation` /
+`OVModelForSemanticSegmentation`): `model.onnx` (`--precision fp32`, or `bf16` with OpenVINO on CPUs with AVX512-BF16
+or AMX) or `model_quantized.onnx` (`--precision int8`). `--runtime auto` takes the fastest path that passes a short
+probe on this machine and says which and why on stderr (`fpn_seg.deployment.load_runtime`); with `--precision fp32`
+it keeps to exact paths. `--onnx`, `--int8` and `--bf16` are aliases of `--runtime onnxruntime`, `--precision int8`
+and `--precision bf16`. Whatever runs, it runs through the same `SemanticSegmenter`.
 
 INPUTS are image files (taken as given), folders (searched recursively for image extensions) and glob patterns
 (`**` allowed; matching files with image extensions). The work is a pipeline (`fpn_seg.predict_pipeline`): threads
@@ -23,7 +29,7 @@ threads write the PNGs while the next batch runs. Outputs per image, under `--ou
 
     <stem>_label.png     class ids (8-bit, 16-bit above 255 classes), the original image size
     <stem>_overlay.png   the image blended with the class colours, with a legend (unless --no-overlay); written
-                         with zlib's fastest level
+                         with Huffman coding only (fast; OpenCV's encoder when installed)
 
 Files inside a folder (or below a glob's fixed prefix) keep their sub-folders. Existing outputs are never replaced
 without `--overwrite`: the command then stops before writing anything. Images that cannot be read are reported by name,
@@ -52,8 +58,12 @@ from .image_files import (
 from .model_folders import ModelFolderError, load_model
 from .optimization import retain_freed_memory
 from .predict_pipeline import PredictPipeline, PredictResult, default_workers
-from .prepared_model import PRECISIONS
 from .segmenter import MMSEG_MS_RATIOS, SemanticSegmenter, default_stride
+
+# --runtime: "torch", the ONNX runtimes and "auto" (fpn_seg.deployment.runtimes.RUNTIME_CHOICES, written here so that
+# the command's help needs no import of the deployment package); --precision: the torch autocast precisions and int8.
+RUNTIME_CHOICES = ("torch", "onnxruntime", "openvino", "auto")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")
 
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -67,18 +77,6 @@ def outputs_of(item: ImageInput, output_dir: Path, with_overlay: bool) -> list[P
     base = output_dir / item.stem
     names = [f"{base.name}_label.png"] + ([f"{base.name}_overlay.png"] if with_overlay else [])
     return [base.parent / name for name in names]
-
-
-def load_onnx_model(folder: str, int8: bool):
-    """An ONNX folder of `fpn-seg export` -> (ORTModelForSemanticSegmentation, its processor); `PredictError` when it
-    cannot be loaded."""
-    from .deployment import OnnxFolderError
-    from .deployment.runtime import load_onnx_folder
-
-    try:
-        return load_onnx_folder(folder, precision="int8" if int8 else "fp32")
-    except (OnnxFolderError, ModelFolderError, ImportError, OSError) as error:
-        raise PredictError(f"MODEL {folder!r} (--onnx): {error}") from None
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -162,8 +160,15 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help=f"multi-scale {MMSEG_MS_RATIOS} + flip, as mmseg's ms+flip")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps... (default: cuda when available, else cpu)")
     parser.add_argument(
-        "--precision", choices=list(PRECISIONS), default="fp32",
-        help="fp32 (exact), fp16 (float16 autocast, GPUs) or bf16 (bfloat16 autocast) (default: %(default)s)",
+        "--runtime", choices=RUNTIME_CHOICES,
+        help="torch (a model folder or hub id), onnxruntime or openvino (an ONNX folder of fpn-seg export, on the "
+        "CPU), or auto: the fastest correct one for this machine, by a short probe (default: torch, or onnxruntime "
+        "for an ONNX folder)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", choices=PRECISION_CHOICES,
+        help="fp32 (exact), fp16 (torch: float16 autocast, GPUs), bf16 (torch: bfloat16 autocast; OpenVINO: on CPUs "
+        "with bf16) or int8 (an ONNX folder's model_quantized.onnx) (default: fp32; with auto: any)",
     )  # fmt: skip
     parser.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass on the device")
@@ -185,8 +190,8 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
         "same logits up to float rounding, faster; on the CPU, freed memory is also kept for reuse while it runs)",
     )
     parser.add_argument("--trust-remote-code", action="store_true", help="allow running model code shipped with MODEL")
-    parser.add_argument("--onnx", action="store_true", help="MODEL is an ONNX folder of fpn-seg export (ONNX Runtime)")
-    parser.add_argument("--int8", action="store_true", help="with --onnx: run its static int8 model_quantized.onnx")
+    parser.add_argument("--onnx", action="store_true", help="the same as --runtime onnxruntime")
+    parser.add_argument("--int8", action="store_true", help="the same as --precision int8")
     parser.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger images (default %(default)s)"
     )
@@ -194,23 +199,20 @@ def build_parser(prog: str = "fpn-seg predict") -> argparse.ArgumentParser:
 
 
 def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.int8 and not args.onnx:
-        parser.error(
-            "--int8 runs the int8 model of an ONNX folder: add --onnx (export one with fpn-seg export --int8)."
-        )
-    if args.bf16 and args.precision not in ("fp32", "bf16"):
-        parser.error(f"--bf16 and --precision {args.precision} disagree; pass one of them.")
-    if args.bf16:
-        args.precision = "bf16"
-    if args.onnx:
-        torch_only = [flag for flag, given in (("--bf16", args.bf16), ("--no-optimize", args.no_optimize),
-                                               ("--device", args.device is not None),
-                                               ("--precision", args.precision != "fp32" and not args.bf16),
+    for alias, name, value in (("--onnx", "runtime", "onnxruntime"), ("--int8", "precision", "int8"),
+                               ("--bf16", "precision", "bf16")):  # fmt: skip
+        if getattr(args, alias[2:]):
+            if getattr(args, name) not in (None, value):
+                parser.error(f"{alias} means --{name} {value}; it contradicts --{name} {getattr(args, name)}.")
+            setattr(args, name, value)
+    if args.runtime in ("onnxruntime", "openvino", "auto"):
+        torch_only = [flag for flag, given in (("--no-optimize", args.no_optimize and args.runtime != "auto"),
+                                               ("--device", args.device not in (None, "cpu")),
+                                               ("--precision fp16", args.precision == "fp16"),
                                                ("--no-cuda-graphs", args.no_cuda_graphs)) if given]  # fmt: skip
         if torch_only:
             parser.error(
-                f"{', '.join(torch_only)} apply to torch models; an --onnx model runs on ONNX Runtime on the CPU "
-                "(float32, or --int8)."
+                f"{', '.join(torch_only)} apply to the torch runtime; --runtime {args.runtime} runs on the CPU."
             )
     if args.mode == "slide" and args.crop_size is None:
         parser.error("--mode slide needs --crop-size H W (e.g. --crop-size 512 1024).")
@@ -239,25 +241,60 @@ def _check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def load_segmenter(args: argparse.Namespace) -> SemanticSegmenter:
-    """The model of MODEL (a torch folder or hub id, or an ONNX folder with `--onnx`) with its processor, prepared
-    once for the device and precision asked for; `PredictError` when it cannot be loaded or run as asked."""
-    if args.onnx:
-        model, processor = load_onnx_model(args.model, args.int8)
-        return SemanticSegmenter(model, processor)
-    device = resolve_device(args.device)
-    try:
-        model, processor = load_model(args.model, args.trust_remote_code)
-    except ModelFolderError as error:
-        raise PredictError(str(error)) from None
+    """MODEL with `--runtime` / `--precision` / `--device`, ready to segment: the torch model prepared once for the
+    device and precision asked for, or an ONNX export in ONNX Runtime / OpenVINO (`fpn_seg.deployment.load_runtime`;
+    `--runtime auto` prints its choice and why on stderr), each behind the one `SemanticSegmenter`. Without
+    `--runtime`: torch for a model folder or hub id, ONNX Runtime for an ONNX folder. `PredictError` when it cannot be
+    loaded or run as asked."""
+    from .deployment.runtimes import folder_kinds
+
+    runtime = args.runtime or ("torch" if "torch" in folder_kinds(args.model) else "onnxruntime")
+    precision = args.precision
+    if runtime == "torch":
+        if precision == "int8":
+            raise PredictError(
+                f"--precision int8 runs an ONNX export's model_quantized.onnx, not the torch model {args.model!r}: "
+                f"fpn-seg export {args.model} --output-dir OUT --int8 --calibration-images IMAGES..., then predict "
+                "with OUT."
+            )
+        device = resolve_device(args.device)
+        try:
+            model, processor = load_model(args.model, args.trust_remote_code)
+        except ModelFolderError as error:
+            raise PredictError(str(error)) from None
+    else:
+        model, processor, choice = _load_exported(args, runtime)
+        device = torch.device("cpu")
+        if choice.runtime != "torch":
+            return SemanticSegmenter(model, processor, optimize=False)  # it runs at the precision it was loaded with
+        precision = choice.precision
     if args.no_optimize:
         model = model.to(device)  # run as given, where it is
     try:
         return SemanticSegmenter(
-            model, processor, device=device, precision=args.precision, optimize=not args.no_optimize,
+            model, processor, device=device, precision=precision or "fp32", optimize=not args.no_optimize,
             cuda_graphs=False if args.no_cuda_graphs else None,
         )  # fmt: skip
     except ValueError as error:  # e.g. --precision fp16 on the CPU
-        raise PredictError(f"--precision {args.precision}: {error}") from None
+        raise PredictError(f"--precision {precision}: {error}") from None
+
+
+def _load_exported(args: argparse.Namespace, runtime: str):
+    """`fpn_seg.deployment.load_runtime` for `--runtime onnxruntime | openvino | auto`: (model, processor, choice)."""
+    from .deployment import load_runtime
+
+    asked = f"--runtime {runtime}" + (f", --precision {args.precision}" if args.precision else "")
+    try:
+        model, processor, choice = load_runtime(
+            args.model, runtime, args.precision, optimize=not args.no_optimize, trust_remote_code=args.trust_remote_code
+        )
+    except ModelFolderError as error:
+        raise PredictError(str(error)) from None
+    except (ValueError, ImportError, OSError) as error:
+        raise PredictError(f"MODEL {args.model!r} ({asked}): {error}") from None
+    if runtime == "auto":
+        print(f"fpn-seg predict: runtime auto chose {choice.summary()}", file=sys.stderr)
+    return model, processor, choice
 
 
 def make_pipeline(args: argparse.Namespace, segmenter: SemanticSegmenter) -> PredictPipeline:
@@ -338,7 +375,6 @@ __all__ = [
     "PredictError",
     "build_parser",
     "check_predicted_labels",
-    "load_onnx_model",
     "load_segmenter",
     "main",
     "make_pipeline",

@@ -2,6 +2,7 @@
 
     fpn-seg app demo_output/model                      # http://127.0.0.1:7860
     fpn-seg app demo_output/onnx --port 8000 --concurrency 2
+    fpn-seg app demo_output/onnx --runtime auto          # the fastest correct runtime and precision here
     fpn-seg app demo_output/model --write-space my_space
 
 Examples on the page: `--examples` images, else the demo's held-out scenes next to the model folder when present
@@ -15,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..cli import run_command
+from ..deployment.onnx_folder import PRECISIONS
+from ..deployment.runtimes import RUNTIME_CHOICES
 from ..image_files import collect_image_inputs
 from .service import DEFAULT_MAX_PIXELS
 
@@ -39,6 +42,15 @@ def build_parser(prog: str = "fpn-seg app") -> argparse.ArgumentParser:
     )
     parser.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), help="slide-mode window (default: square)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow running model code shipped with MODEL")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        help="torch, onnxruntime or openvino (an ONNX folder), or auto: the fastest correct one for this machine, by "
+        "a short probe; the page names it and why (default: torch, or onnxruntime for an ONNX folder)",
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="the page's default precision (with auto: the one auto keeps to)"
+    )
     parser.add_argument("--write-space", type=Path, metavar="DIR", help="write a Hugging Face Space folder instead")
     parser.add_argument("--overwrite", action="store_true", help="with --write-space: replace a folder that is not empty")
     return parser
@@ -60,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .space import write_space
 
             folder = write_space(args.model, args.write_space, examples, concurrency=args.concurrency,
-                                 overwrite=args.overwrite)  # fmt: skip
+                                 overwrite=args.overwrite, runtime=args.runtime, precision=args.precision)  # fmt: skip
             print(f"Wrote the Space folder {folder}: push it to a Gradio Space (huggingface-cli upload ...).")
             return
         from .ui import launch_app
@@ -69,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             launch_app(
                 args.model, host=args.host, port=args.port, examples=examples, concurrency=args.concurrency,
                 max_pixels=args.max_pixels, crop_size=args.crop_size, trust_remote_code=args.trust_remote_code,
+                runtime=args.runtime, precision=args.precision,
             )  # fmt: skip
         except KeyboardInterrupt:  # Ctrl-C ends the server
             pass

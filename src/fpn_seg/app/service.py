@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 
 from ..image_files import ImageReadError, read_image
-from ..model_folders import ModelFolderError, load_model
-from ..optimization import bf16_is_fast
+from ..model_folders import ModelFolderError
 from ..segmenter import MMSEG_MS_RATIOS, SemanticSegmenter, default_stride
 from ..visualize import class_pixel_counts, overlay, save_label_png, save_overlay_png
 
@@ -47,7 +46,9 @@ class SegmentationResult:
 class SegmentationService:
     """A Semantic FPN model folder, ready to segment image files.
 
-    `source` is a model folder or hub id (`AutoModelForSemanticSegmentation`), or an ONNX folder of `fpn-seg export`.
+    `source` is a model folder or hub id (`AutoModelForSemanticSegmentation`), or an ONNX folder of `fpn-seg export`,
+    loaded with `runtime` (see `fpn_seg.deployment.load_runtime`; "auto" takes the fastest correct runtime and
+    precision for this machine, which the page then starts with and names).
     The model loads once; a folder that does not load leaves `load_error` set (and every request refused with it)
     instead of failing, so that the page can say why. Requests may run concurrently.
     """
@@ -56,10 +57,13 @@ class SegmentationService:
     max_pixels: int = DEFAULT_MAX_PIXELS
     crop_size: tuple[int, int] | None = None  # the slide windows; default: the test scale's short side, square
     trust_remote_code: bool = False
+    runtime: str | None = None  # torch, onnxruntime, openvino or auto; None: torch, or onnxruntime for an ONNX folder
+    precision: str | None = None  # the page's default precision (with auto: what auto may choose among)
     # Set by loading, not arguments:
     load_error: str | None = field(default=None, init=False)
     kind: str = field(default="torch", init=False)  # "torch" or "onnx"
     precisions: tuple[str, ...] = field(default=(), init=False)
+    choice: object = field(default=None, init=False, repr=False)  # the RuntimeChoice: what runs by default, and why
     _segmenters: dict = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -71,31 +75,43 @@ class SegmentationService:
             self.load_error = f"The model {self.source!r} does not load: {error}"
 
     def _load(self) -> None:
-        from ..deployment.runtime import QUANTIZED_FILE_NAME, is_onnx_folder, load_onnx_folder
+        from ..deployment.onnx_folder import PRECISIONS
+        from ..deployment.runtimes import folder_kinds, load_runtime, offered_precisions
 
-        if is_onnx_folder(self.source):
-            self.kind = "onnx"
-            model, self.processor = load_onnx_folder(self.source, "fp32")
-            self.precisions = ("fp32", "int8") if (Path(self.source) / QUANTIZED_FILE_NAME).is_file() else ("fp32",)
-            self._segmenters["fp32"] = SemanticSegmenter(model, self.processor)
-        else:
-            model, self.processor = load_model(self.source, self.trust_remote_code, argument="MODEL_DIR")
-            self.precisions = ("fp32", "bf16") if bf16_is_fast() else ("fp32",)
-            for precision in self.precisions:  # one prepared (optimised) copy of the model, shared
+        kinds = folder_kinds(self.source)
+        requested = self.runtime or ("torch" if "torch" in kinds else "onnxruntime")
+        model, self.processor, self.choice = load_runtime(self.source, requested, self.precision,
+                                                          trust_remote_code=self.trust_remote_code)  # fmt: skip
+        self.runtime = self.choice.runtime
+        self.kind = "torch" if self.runtime == "torch" else "onnx"
+        offered = offered_precisions(self.runtime, self.source)  # and the one loaded (torch bf16: emulated here)
+        self.precisions = tuple(p for p in PRECISIONS if p in offered or p == self.choice.precision)
+        if self.kind == "torch":  # one prepared (optimised) copy of the model, shared by fp32 and bf16 (autocast)
+            for precision in self.precisions:
                 self._segmenters[precision] = SemanticSegmenter(model, self.processor, precision=precision)
+        else:
+            self._segmenters[self.choice.precision] = SemanticSegmenter(model, self.processor)
+        if requested == "auto":
+            print(f"fpn-seg app: runtime auto chose {self.choice.summary()}")
         self.config = model.config
         short_side = min(self.processor.scale) if self.processor.scale else 512
         self.crop_size = tuple(self.crop_size or (short_side, short_side))
 
+    @property
+    def default_precision(self) -> str:
+        """The precision the page starts with: the one loaded (auto's choice, or the one asked for)."""
+        return self.choice.precision if self.choice is not None else "fp32"
+
     def _segmenter(self, precision: str) -> SemanticSegmenter:
-        """The segmenter of `precision`: torch's bf16 runs the fp32 copy under autocast; ONNX int8 loads once."""
+        """The segmenter of `precision`: torch's bf16 runs the fp32 copy under autocast; an ONNX runtime's other
+        precisions load once, on first use."""
         if precision not in self.precisions:
             raise AppError(f"precision {precision!r} is not available here; choose one of {list(self.precisions)}.")
         with self._lock:  # loaded once, even when two requests ask at the same moment
             if precision not in self._segmenters:
-                from ..deployment.runtime import ORTModelForSemanticSegmentation
+                from ..deployment.runtimes import runtime_class
 
-                model = ORTModelForSemanticSegmentation.from_pretrained(self.source, precision)
+                model = runtime_class(self.runtime).from_pretrained(self.source, precision)
                 self._segmenters[precision] = SemanticSegmenter(model, self.processor)
         return self._segmenters[precision]
 
@@ -112,11 +128,14 @@ class SegmentationService:
             return self.load_error
         backbone = getattr(self.config.backbone_config, "model_type", "?")
         depth = getattr(self.config.backbone_config, "depth", None)
-        runtime = "ONNX Runtime" if self.kind == "onnx" else "PyTorch"
-        return (
-            f"{self.config.num_labels} classes, backbone {backbone}{f'-{depth}' if depth else ''}, test scale "
-            f"{list(self.processor.scale)}, {runtime}."
-        )
+        from ..deployment.runtime_choice import RUNTIME_NAMES
+
+        runtime = "PyTorch" if self.runtime == "torch" else RUNTIME_NAMES[self.runtime]
+        line = (f"{self.config.num_labels} classes, backbone {backbone}{f'-{depth}' if depth else ''}, test scale "
+                f"{list(self.processor.scale)}, {runtime}.")  # fmt: skip
+        if self.choice is not None and self.choice.reason != "asked for":
+            line += f" Runtime auto chose {self.choice.summary()}."
+        return line
 
     def segment_file(self, path: str | os.PathLike, mode: str = "whole", precision: str = "fp32") -> SegmentationResult:
         """Segment one image file with mmseg's test `mode` ("whole", "slide" or "ms+flip") at `precision`."""

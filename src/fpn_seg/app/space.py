@@ -22,7 +22,7 @@ from fpn_seg.app import launch_app
 HERE = Path(__file__).parent
 print(f"fpn_seg {{fpn_seg.__version__}} from {{Path(fpn_seg.__file__).parent}}")
 # Spaces set GRADIO_SERVER_NAME=0.0.0.0 and GRADIO_SERVER_PORT; elsewhere the app listens on 127.0.0.1:7860.
-launch_app({source}, examples=sorted((HERE / "examples").glob("*")), concurrency={concurrency})
+launch_app({source}, examples=sorted((HERE / "examples").glob("*")), concurrency={concurrency}{runtime})
 '''
 
 README = """---
@@ -52,8 +52,9 @@ map PNG (class ids at the photo's size).
 REQUIREMENTS = ("torch", "transformers", "huggingface_hub", "safetensors", "numpy", "pillow", "gradio")
 
 
-def _requirements(onnx: bool) -> str:
+def _requirements(onnx: bool, runtime: str | None = None) -> str:
     names = list(REQUIREMENTS) + (["onnx", "onnxruntime"] if onnx else [])
+    names += ["openvino"] if onnx and runtime in ("openvino", "auto") else []
     lines = []
     for name in names:
         version = metadata.version(name).split("+")[0]  # 2.13.0+cpu -> 2.13.0 (the hub serves plain versions)
@@ -68,13 +69,16 @@ def write_space(
     title: str | None = None,
     concurrency: int = 1,
     overwrite: bool = False,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> Path:
-    """Write the Space folder for `source` (a model folder, an ONNX folder or a hub id) into `output_dir`."""
+    """Write the Space folder for `source` (a model folder, an ONNX folder or a hub id) into `output_dir`; the Space
+    serves it with `runtime` and `precision` (see `SegmentationService`; auto probes again on the Space's CPU)."""
     import fpn_seg
 
     from .service import SegmentationService
 
-    service = SegmentationService(source)  # refuse now what the Space could not serve
+    service = SegmentationService(source, runtime=runtime, precision=precision)  # refuse now what could not serve
     if service.load_error:
         raise ValueError(service.load_error)
     local = Path(source).is_dir()
@@ -89,8 +93,11 @@ def write_space(
             shutil.copy2(path, staging / "examples" / Path(path).name)
         what = "the model in model/" if local else f"the hub model {source}"
         model_source = 'str(HERE / "model")' if local else repr(source)
-        (staging / "app.py").write_text(APP_FILE.format(what=what, source=model_source, concurrency=concurrency))
-        (staging / "requirements.txt").write_text(_requirements(onnx=service.kind == "onnx"))
+        options = "".join(f", {name}={value!r}" for name, value in (("runtime", runtime), ("precision", precision))
+                          if value is not None)  # fmt: skip
+        (staging / "app.py").write_text(APP_FILE.format(what=what, source=model_source, concurrency=concurrency,
+                                                        runtime=options))  # fmt: skip
+        (staging / "requirements.txt").write_text(_requirements(onnx=service.kind == "onnx", runtime=runtime))
         (staging / "README.md").write_text(
             README.format(title=title, gradio=metadata.version("gradio"), classes=service.config.num_labels)
         )

@@ -1,7 +1,8 @@
 """The Gradio page over a [`SegmentationService`]: one photo (or several) in; overlay with a legend, the class shares,
 the time taken and the label map as a PNG of class ids out. Needs the `[app]` extra (gradio).
 
-API (gradio_client), `api_name="/segment"`: inputs `(image file, mode="whole", precision="fp32")`; outputs
+API (gradio_client), `api_name="/segment"`: inputs `(image file, mode="whole", precision)` (default: the service's
+precision: fp32, or what `--runtime auto` chose); outputs
 `(label map PNG of class ids, overlay image, class table, summary text)`. `/segment_many` takes a list of files
 and returns `(label map PNGs, overlays, table of the classes of each image, summary text)`.
 """
@@ -34,7 +35,8 @@ def build_app(
     """The `gradio.Blocks` page of `service`; requests queue with at most `concurrency` running at once."""
     gr = _gradio()
 
-    def segment_one(path, mode="whole", precision="fp32"):
+    def segment_one(path, mode="whole", precision=None):
+        precision = precision or service.default_precision
         if not path:
             raise gr.Error("Upload an image first.")
         try:
@@ -43,7 +45,8 @@ def build_app(
             raise gr.Error(str(error), print_exception=False) from None
         return str(result.label_png), str(result.overlay_png), [list(row) for row in result.classes], _summary([result], precision, mode)
 
-    def segment_many(paths, mode="whole", precision="fp32"):
+    def segment_many(paths, mode="whole", precision=None):
+        precision = precision or service.default_precision
         if not paths:
             raise gr.Error("Upload one or more images first.")
         results = []
@@ -64,7 +67,7 @@ def build_app(
             gr.Markdown(f"**Error:** {service.load_error}", elem_id="load-error")
         with gr.Row():
             mode = gr.Radio(list(MODES), value="whole", label="Test mode (mmseg's: whole image, sliding window, multi-scale + flip)")
-            precision = gr.Radio(precisions, value="fp32", label="Precision")
+            precision = gr.Radio(precisions, value=service.default_precision, label="Precision")
         with gr.Tab("Photo"):
             with gr.Row():
                 with gr.Column():

@@ -1,4 +1,5 @@
-"""Optional dependencies (the `[onnx]` and `[app]` extras): imported on use, or an `ImportError` naming the extra."""
+"""Optional dependencies (the `[onnx]`, `[openvino]` and `[app]` extras): imported on use, or an `ImportError` naming
+the extra."""
 
 import importlib
 from types import ModuleType

@@ -39,7 +39,8 @@ from ..modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
 from ..optimization import fold_batch_norm, is_batch_norm_folded
 from .dependencies import require
 from .quantization import CalibrationMethod, QuantizationReport, quantize_onnx
-from .runtime import ONNX_FILE_NAME, QUANTIZED_FILE_NAME, ORTModelForSemanticSegmentation
+from .onnx_folder import ONNX_FILE_NAME, QUANTIZED_FILE_NAME
+from .onnxruntime_model import ORTModelForSemanticSegmentation
 
 DEFAULT_OPSET = 18
 DEFAULT_MAX_CALIBRATION_IMAGES = 32
