@@ -154,19 +154,29 @@ def mean_iou_of(label_maps, labels, num_labels: int) -> float:
 
 @pytest.mark.parametrize("runtime", RUNTIMES, ids=RUNTIME_IDS)
 def test_int8_agrees_with_float32_on_a_trained_model(trained, runtime):
+    """int8 moves the labels of pixels where float32 hesitates between two classes, and no others. Agreement over all
+    pixels depends on how many such pixels a model has (this short run's model, which itself changes with the CPU's
+    rounding while it trains: 97-99.5% measured); agreement where float32's top two probabilities are 0.2 apart
+    does not, and a broken quantisation fails it."""
     model, processor, images = trained["model"], trained["processor"], trained["images"]
     int8 = runtime.from_pretrained(trained["onnx_dir"], precision="int8")
-    float32_maps, int8_maps = segment(model, processor, images), segment(int8, processor, images)
-    agreement = sum(int((a == b).sum()) for a, b in zip(int8_maps, float32_maps)) / sum(m.numel() for m in float32_maps)
+    float32_maps, probabilities = segment(model, processor, images, return_probabilities=True)
+    int8_maps = segment(int8, processor, images)
+    agrees = [a == b for a, b in zip(int8_maps, float32_maps)]
+    pixels = sum(m.numel() for m in float32_maps)
+    agreement = sum(int(same.sum()) for same in agrees) / pixels
+    decided = [(top2[0] - top2[1]) > 0.2 for top2 in (p.topk(2, dim=0).values for p in probabilities)]
+    decided_pixels = sum(int(d.sum()) for d in decided)
+    decided_agreement = sum(int((same & d).sum()) for same, d in zip(agrees, decided)) / decided_pixels
     num_labels = model.config.num_labels
     float32_miou = mean_iou_of(float32_maps, trained["labels"], num_labels)
     int8_miou = mean_iou_of(int8_maps, trained["labels"], num_labels)
-    print(f"{runtime.runtime_name} int8 vs float32: agreement {100 * agreement:.2f}%, mIoU {100 * int8_miou:.2f} vs "
-          f"{100 * float32_miou:.2f}")
+    print(f"{runtime.runtime_name} int8 vs float32: agreement {100 * agreement:.2f}% ({100 * decided_agreement:.3f}% "
+          f"where float32 is decided: {100 * decided_pixels / pixels:.1f}% of the pixels), mIoU {100 * int8_miou:.2f} "
+          f"vs {100 * float32_miou:.2f}")
     assert float32_miou > 0.3  # the model learnt something, so that agreement means something
-    # Measured on the 2-core AVX2 machine (no VNNI), 2026-12-04: ONNX Runtime 99.5%, OpenVINO 98.5% (oneDNN's AVX2
-    # int8 kernels add u8 x s8 products in saturating 16 bits where VNNI has 32; ONNX Runtime's MLAS kernels do not).
-    assert agreement >= (0.99 if runtime is ORTModelForSemanticSegmentation else 0.98)
+    assert decided_agreement >= 0.995
+    assert agreement >= 0.95
     assert abs(int8_miou - float32_miou) <= 0.02
     graph = onnx.load(trained["onnx_dir"] / QUANTIZED_FILE_NAME)
     operators = [node.op_type for node in graph.graph.node]

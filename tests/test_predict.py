@@ -540,9 +540,9 @@ def test_an_image_out_of_memory_even_alone_is_listed_and_the_others_written(tmp_
     "options, status, message",
     [
         (["--precision", "fp16", "--device", "cpu"], 2, "--precision fp16: precision='fp16' needs a GPU"),
-        (["--bf16", "--precision", "fp16"], None, "--bf16 and --precision fp16 disagree"),
+        (["--bf16", "--precision", "fp16"], None, "--bf16 means --precision bf16; it contradicts --precision fp16"),
         (["--workers", "0"], None, "--workers must be at least 1"),
-        (["--onnx", "--precision", "bf16"], None, "--precision apply to torch models"),
+        (["--onnx", "--precision", "fp16"], None, "--precision fp16 apply to the torch runtime"),
     ],
 )
 def test_precision_and_pipeline_options_are_checked(tmp_path, capsys, model_dir, images, options, status, message):

@@ -246,17 +246,15 @@ def load_segmenter(args: argparse.Namespace) -> SemanticSegmenter:
     `--runtime auto` prints its choice and why on stderr), each behind the one `SemanticSegmenter`. Without
     `--runtime`: torch for a model folder or hub id, ONNX Runtime for an ONNX folder. `PredictError` when it cannot be
     loaded or run as asked."""
-    from .deployment.runtimes import folder_kinds
+    from .deployment.runtimes import check_torch_request, folder_kinds
 
     runtime = args.runtime or ("torch" if "torch" in folder_kinds(args.model) else "onnxruntime")
     precision = args.precision
     if runtime == "torch":
-        if precision == "int8":
-            raise PredictError(
-                f"--precision int8 runs an ONNX export's model_quantized.onnx, not the torch model {args.model!r}: "
-                f"fpn-seg export {args.model} --output-dir OUT --int8 --calibration-images IMAGES..., then predict "
-                "with OUT."
-            )
+        try:
+            check_torch_request(args.model, precision)
+        except ValueError as error:
+            raise PredictError(f"MODEL {args.model!r} (--runtime torch): {error}") from None
         device = resolve_device(args.device)
         try:
             model, processor = load_model(args.model, args.trust_remote_code)

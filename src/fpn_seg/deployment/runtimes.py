@@ -94,6 +94,22 @@ class _TorchModel:
         return lambda pixel_values: self.prepared.logits(pixel_values, precision)
 
 
+def check_torch_request(source: str, precision: str | None) -> None:
+    """An `OnnxFolderError` saying what to do when the torch runtime is asked to run `source` at `precision` but
+    cannot: an ONNX export (no torch weights), or int8 (which runs on an export's `model_quantized.onnx`)."""
+    if "torch" not in folder_kinds(source):
+        raise OnnxFolderError(
+            f"{source!r} is an ONNX export (model.onnx), not a torch model folder ({SAFE_WEIGHTS_NAME}): run it "
+            "with runtime onnxruntime, openvino or auto."
+        )
+    if precision == "int8":
+        raise OnnxFolderError(
+            f"int8 runs on an ONNX export with model_quantized.onnx, not on the torch model {source!r}: "
+            f"fpn-seg export {source} --output-dir OUT --int8 --calibration-images IMAGES..., then use OUT with "
+            "runtime onnxruntime, openvino or auto."
+        )
+
+
 def load_runtime(
     source: str | os.PathLike,
     runtime: str = "auto",
@@ -138,19 +154,8 @@ def load_runtime(
                              "torch to run on another device.")  # fmt: skip
         return _load_auto(source, precision, num_threads, optimize, trust_remote_code, use_cache)
     precision = precision or "fp32"
-    kinds = folder_kinds(source)
     if runtime == "torch":
-        if "torch" not in kinds:
-            raise OnnxFolderError(
-                f"{source!r} is an ONNX export (model.onnx), not a torch model folder ({SAFE_WEIGHTS_NAME}): run it "
-                "with runtime onnxruntime, openvino or auto."
-            )
-        if precision == "int8":
-            raise OnnxFolderError(
-                f"int8 runs on an ONNX export with model_quantized.onnx, not on the torch model {source!r}: "
-                f"fpn-seg export {source} --output-dir OUT --int8 --calibration-images IMAGES..., then use OUT with "
-                "runtime onnxruntime, openvino or auto."
-            )
+        check_torch_request(source, precision)
         torch_model = _TorchModel(source, trust_remote_code, device, optimize)
         note = "" if precision == "fp32" else " under autocast"
         return torch_model.model, torch_model.processor, RuntimeChoice("torch", precision, f"asked for{note}")
