@@ -16,7 +16,7 @@ from conftest import tiny_config
 from PIL import Image, UnidentifiedImageError
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor, segment
-from fpn_seg.image_processing_semantic_fpn import (
+from fpn_seg.image_reading import (
     CorruptImageError,
     ImageFileError,
     ImageTooLargeError,

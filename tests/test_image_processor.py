@@ -13,7 +13,7 @@ from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
-from fpn_seg.image_processing_semantic_fpn import image_to_tensor, label_to_tensor
+from fpn_seg.image_reading import image_to_tensor, label_to_tensor
 from fpn_seg.conversion import convert_mmseg_state_dict
 from fpn_seg.presets import preset_config, preset_processor
 
