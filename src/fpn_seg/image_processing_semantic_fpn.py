@@ -417,8 +417,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
             return {"pixel_values": [self.normalize_image(image) for image in resized]}
         height, width = shape
         padded = any(tuple(size) != (height, width) for size in sizes)
-        shape = (len(images), images[0].shape[0], height, width)
-        batch = torch.zeros(shape, device=device) if padded else torch.empty(shape, device=device)
+        full = (len(images), images[0].shape[0], height, width)
+        batch = torch.zeros(full, device=device) if padded else torch.empty(full, device=device)
         for index, (image, size) in enumerate(zip(images, sizes)):
             resized = self.resize_image(image.to(device), size)
             if padded:
