@@ -320,8 +320,8 @@ class TrainTransform:
         scale = processor.scale if scale is None else scale
         if scale is None:
             raise ValueError(
-                f"TrainTransform: the processor's size {processor.size} is not a keep-ratio setting "
-                "{'shortest_edge', 'longest_edge'}; pass scale=(long side, short side) for the random resize."
+                f"TrainTransform: the processor's size {processor.size} has no (long side, short side) scale for the "
+                "random resize; pass scale=(long side, short side)."
             )
         if len(scale) != 2 or min(scale) <= 0:
             raise ValueError(f"TrainTransform: scale must be (long side, short side) > 0, got {scale!r}.")
