@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
@@ -29,40 +28,19 @@ from transformers.processing_utils import ImagesKwargs
 from transformers.utils import IMAGE_PROCESSOR_NAME
 
 from .atomic import save_folder_atomically, split_push_options
-from .image_reading import channel_layout, image_to_tensor, label_to_tensor
+from .image_reading import as_list, channel_layout, image_to_tensor, label_list, label_to_tensor
 from .label_policy import LabelPolicy
 from .opencv_exact import resize_linear_uint8, resize_nearest
 from .processor_options import (
     BILINEAR,
-    check_pad_size,
-    check_resample,
-    check_size,
+    batch_shape,
     output_size,
     refuse_not_applicable,
     resolve_size,
     scale_of,
     scaled_size,
+    standardize_options,
 )
-
-
-def _as_list(items: Any, batched_ndim: int) -> list:
-    """A single item, a list/tuple of items, or an array/tensor with `batched_ndim` dims (a batch) -> a list."""
-    if isinstance(items, (list, tuple)):
-        return list(items)
-    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == batched_ndim:
-        return list(items)
-    return [items]
-
-
-def _label_list(segmentation_maps: Any, num_images: int) -> list:
-    """The segmentation maps as a list, one per image. A 3-D array / tensor is a batch (N, H, W) when its first size
-    is the number of images; otherwise one map (an (H, W, 3) colour mask is then refused by `label_to_tensor`)."""
-    if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
-        colour_like = segmentation_maps.shape[-1] in (3, 4) and segmentation_maps.shape[0] != 1
-        if segmentation_maps.shape[0] == num_images and not (num_images == 1 and colour_like):
-            return list(segmentation_maps)
-        return [segmentation_maps]
-    return _as_list(segmentation_maps, batched_ndim=3)
 
 
 # ------------------------------------------------------------------------------------------------ the processor
@@ -189,31 +167,8 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
 
     def _standardize_options(self) -> None:
         """Give every option its canonical type (JSON turns int keys into strings); check it."""
-        name = type(self).__name__
-        if self.size is not None:
-            self.size = check_size(self.size, name)
-        elif self.do_resize:
-            raise ValueError(f"{name}: do_resize needs a size (or scale).")
-        self.resample = check_resample(self.resample, name)
-        self.pad_size = check_pad_size(self.pad_size, name)
-        if self.rescale_factor is not None:
-            self.rescale_factor = float(self.rescale_factor)
-        elif self.do_rescale:
-            raise ValueError(f"{name}: do_rescale needs a rescale_factor.")
-        if self.image_mean is not None and self.image_std is not None:
-            self.image_mean = [float(value) for value in np.atleast_1d(self.image_mean)]
-            self.image_std = [float(value) for value in np.atleast_1d(self.image_std)]
-            if len(self.image_mean) != len(self.image_std) or min(self.image_std) <= 0:
-                raise ValueError(
-                    f"{name}: image_mean and image_std need one value per channel (3 for RGB) and std > 0; got "
-                    f"{self.image_mean}, {self.image_std}."
-                )
-        elif self.do_normalize:
-            raise ValueError(f"{name}: do_normalize needs image_mean and image_std.")
-        if self.label_map is not None:
-            self.label_map = {int(raw): int(train) for raw, train in dict(self.label_map).items()}
-        if self.ignore_index is not None:
-            self.ignore_index = int(self.ignore_index)
+        options = {name: getattr(self, name) for name in self._options}
+        self.__dict__.update(standardize_options(options, type(self).__name__))
 
     # ------------------------------------------------------------------------------------------ constructors
 
@@ -369,13 +324,14 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
             raise ValueError("data_format='channels_last' is not supported: the model takes (B, C, H, W) pixel_values.")
         image_tensors = [
             image_to_tensor(image, processor.do_convert_rgb is not False, processor.input_data_format)
-            for image in _as_list(images, batched_ndim=4)
+            for image in as_list(images, batched_ndim=4)
         ]
         if not image_tensors:
             raise ValueError("preprocess got no images.")
         device = _working_device(processor.device, image_tensors) if return_tensors != "np" else torch.device("cpu")
         sizes = [processor.test_size(*image.shape[-2:]) for image in image_tensors]
-        shape = None if return_tensors is None else processor._batch_size(sizes)
+        where = f"{type(self).__name__}.preprocess"
+        shape = None if return_tensors is None else batch_shape(sizes, processor.do_pad, processor.pad_size, where)
         data = processor._pixel_values(image_tensors, sizes, shape, device=device)
         if segmentation_maps is not None:
             labels = processor._labels(segmentation_maps, image_tensors, sizes)
@@ -384,26 +340,6 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         if return_tensors == "np":
             data = {key: value.cpu().numpy() for key, value in data.items()}
         return BatchFeature(data=data)
-
-    def _batch_size(self, sizes: list[tuple[int, int]]) -> tuple[int, int]:
-        """The (height, width) a batch of images resized to `sizes` is stacked at: the largest of them, or
-        `pad_size`; with `do_pad` off, their one size."""
-        largest = max(size[0] for size in sizes), max(size[1] for size in sizes)
-        name = type(self).__name__
-        if not self.do_pad:
-            if any(tuple(size) != largest for size in sizes):
-                raise ValueError(
-                    f"{name}: the images resize to different sizes {sorted(set(map(tuple, sizes)))} and do_pad is off, "
-                    "so they cannot be stacked; pass do_pad=True (the default: padded, with a pixel_mask) or "
-                    "return_tensors=None (lists)."
-                )
-            return largest
-        if self.pad_size is None:
-            return largest
-        target = self.pad_size["height"], self.pad_size["width"]
-        if largest[0] > target[0] or largest[1] > target[1]:
-            raise ValueError(f"{name}: an image resizes to {largest}, larger than pad_size {self.pad_size}.")
-        return target
 
     def _pixel_values(
         self, images: list[torch.Tensor], sizes: list[tuple[int, int]], shape: tuple[int, int] | None, device
@@ -432,7 +368,7 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
 
     def _labels(self, segmentation_maps, images: list[torch.Tensor], sizes: list[tuple[int, int]]):
         """Read, check, encode and resize the segmentation maps: a list of (H_i, W_i) int64 tensors."""
-        labels = [label_to_tensor(label) for label in _label_list(segmentation_maps, len(images))]
+        labels = [label_to_tensor(label) for label in label_list(segmentation_maps, len(images))]
         if len(labels) != len(images):
             raise ValueError(f"Got {len(labels)} segmentation maps for {len(images)} images; pass one per image.")
         for index, (label, image) in enumerate(zip(labels, images)):

@@ -309,13 +309,35 @@ def label_to_tensor(label: Any) -> torch.Tensor:
     )
 
 
+def as_list(items: Any, batched_ndim: int) -> list:
+    """A single item, a list/tuple of items, or an array/tensor with `batched_ndim` dims (a batch) -> a list."""
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == batched_ndim:
+        return list(items)
+    return [items]
+
+
+def label_list(segmentation_maps: Any, num_images: int) -> list:
+    """The segmentation maps as a list, one per image. A 3-D array / tensor is a batch (N, H, W) when its first size
+    is the number of images; otherwise one map (an (H, W, 3) colour mask is then refused by `label_to_tensor`)."""
+    if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
+        colour_like = segmentation_maps.shape[-1] in (3, 4) and segmentation_maps.shape[0] != 1
+        if segmentation_maps.shape[0] == num_images and not (num_images == 1 and colour_like):
+            return list(segmentation_maps)
+        return [segmentation_maps]
+    return as_list(segmentation_maps, batched_ndim=3)
+
+
 __all__ = [
     "CorruptImageError",
     "ImageFileError",
     "ImageTooLargeError",
     "NotAnImageError",
+    "as_list",
     "channel_layout",
     "image_to_tensor",
+    "label_list",
     "label_to_tensor",
     "open_image",
 ]

@@ -3,7 +3,7 @@
 output size it gives an image, `resample`, `pad_size`, and the transformers options that do not apply to mmseg's
 test pipeline, refused with the reason.
 
-Hub code: imports only PIL and the standard library.
+Hub code: imports only numpy, PIL and the standard library.
 
 Resize settings (`size`):
 - `{"shortest_edge": s, "longest_edge": l}`: keep the aspect ratio, scaling by the largest factor that keeps the short
@@ -17,6 +17,7 @@ Resize settings (`size`):
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 KEEP_RATIO_KEYS = ({"shortest_edge", "longest_edge"}, {"shortest_edge"}, {"longest_edge"})
@@ -145,11 +146,64 @@ def check_pad_size(pad_size: Any, where: str) -> dict[str, int] | None:
     return _positive_ints(dict(pad_size), "pad_size", where)
 
 
+def standardize_options(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """The processor's saved options (`do_resize`, `size`, `resample`, ...) checked and in their canonical types (JSON
+    turns int keys into strings); an explicit None switches a step off, and the step then needs no setting."""
+    options = dict(options)
+    if options["size"] is not None:
+        options["size"] = check_size(options["size"], where)
+    elif options["do_resize"]:
+        raise ValueError(f"{where}: do_resize needs a size (or scale).")
+    options["resample"] = check_resample(options["resample"], where)
+    options["pad_size"] = check_pad_size(options["pad_size"], where)
+    if options["rescale_factor"] is not None:
+        options["rescale_factor"] = float(options["rescale_factor"])
+    elif options["do_rescale"]:
+        raise ValueError(f"{where}: do_rescale needs a rescale_factor.")
+    mean, std = options["image_mean"], options["image_std"]
+    if mean is not None and std is not None:
+        mean = options["image_mean"] = [float(value) for value in np.atleast_1d(mean)]
+        std = options["image_std"] = [float(value) for value in np.atleast_1d(std)]
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(
+                f"{where}: image_mean and image_std need one value per channel (3 for RGB) and std > 0; got {mean}, "
+                f"{std}."
+            )
+    elif options["do_normalize"]:
+        raise ValueError(f"{where}: do_normalize needs image_mean and image_std.")
+    if options["label_map"] is not None:
+        options["label_map"] = {int(raw): int(train) for raw, train in dict(options["label_map"]).items()}
+    if options["ignore_index"] is not None:
+        options["ignore_index"] = int(options["ignore_index"])
+    return options
+
+
+def batch_shape(sizes: list[tuple[int, int]], do_pad: bool, pad_size: dict[str, int] | None, where: str):
+    """The (height, width) a batch of images resized to `sizes` is stacked at: the largest of them, or `pad_size`;
+    with `do_pad` off, their one size (`ValueError` when they differ)."""
+    largest = max(size[0] for size in sizes), max(size[1] for size in sizes)
+    if not do_pad:
+        if any(tuple(size) != largest for size in sizes):
+            raise ValueError(
+                f"{where}: the images resize to different sizes {sorted(set(map(tuple, sizes)))} and do_pad is off, so "
+                "they cannot be stacked; pass do_pad=True (the default: padded, with a pixel_mask) or "
+                "return_tensors=None (lists)."
+            )
+        return largest
+    if pad_size is None:
+        return largest
+    target = pad_size["height"], pad_size["width"]
+    if largest[0] > target[0] or largest[1] > target[1]:
+        raise ValueError(f"{where}: an image resizes to {largest}, larger than pad_size {pad_size}.")
+    return target
+
+
 __all__ = [
     "BILINEAR",
     "FIXED_KEYS",
     "KEEP_RATIO_KEYS",
     "NOT_APPLICABLE",
+    "batch_shape",
     "check_pad_size",
     "check_resample",
     "check_size",
@@ -158,4 +212,5 @@ __all__ = [
     "resolve_size",
     "scale_of",
     "scaled_size",
+    "standardize_options",
 ]
