@@ -399,6 +399,13 @@ def test_size_dict_is_mmseg_keep_ratio_rule_and_scale_its_alias(image_size, scal
     assert torch.equal(per_call(image, do_resize=True, size=by_size.size)["pixel_values"], by_scale(image)["pixel_values"])
 
 
+def test_presets_give_their_test_size_and_take_either_name():
+    ade = "fpn_r50_512x512_160k_ade20k"
+    assert preset_processor(ade).size == {"shortest_edge": 512, "longest_edge": 2048}
+    assert preset_processor(ade, size={"height": 64, "width": 96}).size == {"height": 64, "width": 96}
+    assert preset_processor(ade, scale=(96, 64)).size == {"shortest_edge": 64, "longest_edge": 96}
+
+
 def test_default_size_is_the_former_default_scale():
     processor = SemanticFPNImageProcessor()
     assert processor.size == {"shortest_edge": 1024, "longest_edge": 2048} and processor.scale == [2048, 1024]
