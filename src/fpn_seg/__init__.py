@@ -14,7 +14,15 @@ from .configuration_semantic_fpn import SemanticFPNConfig
 from .modeling_resnet_v1c import ResNetV1cBackbone
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, SemanticFPNPreTrainedModel
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor
-from .image_reading import ImageFileError, image_to_tensor, label_to_tensor, open_image
+from .image_reading import (
+    CorruptImageError,
+    ImageFileError,
+    ImageTooLargeError,
+    NotAnImageError,
+    image_to_tensor,
+    label_to_tensor,
+    open_image,
+)
 from .label_policy import LabelPolicy
 from .presets import PRESETS, SemanticFPNPreset, get_preset, preset_config, preset_processor
 from .inference import multiscale_flip_inference, segment, slide_inference, whole_inference
@@ -59,8 +67,11 @@ SemanticFPNForSemanticSegmentation.register_for_auto_class("AutoModelForSemantic
 SemanticFPNImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
+    "CorruptImageError",
     "ImageFileError",
+    "ImageTooLargeError",
     "LabelPolicy",
+    "NotAnImageError",
     "PRESETS",
     "ResNetV1cBackbone",
     "ResNetV1cConfig",
