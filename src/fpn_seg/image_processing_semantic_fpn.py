@@ -1,9 +1,10 @@
 """Image processor of Semantic FPN: mmsegmentation's test-time resize and normalisation, label encoding, and the
 post-processing of logits into label maps at the original image size.
 
-Hub code: imports only its sibling hub files (plus torch / numpy / transformers), so `save_pretrained` copies it (and
-them: `image_reading`, `processor_options`, `opencv_exact`, ...) next to a model and a saved folder works with
-`trust_remote_code=True` without `fpn_seg` installed.
+Hub code: imports only its sibling hub files (plus torch / transformers), so `save_pretrained` copies it (and them:
+`image_reading`, `processor_options`, `opencv_exact`, ...) next to a model and a saved folder works with
+`trust_remote_code=True` without `fpn_seg` installed. The processor's options are checked in `processor_options`
+(`size` dicts and the `scale` alias, the refused options); images and label maps are read by `image_reading`.
 
 Conventions, chosen to reproduce mmseg's numbers:
 - Images are converted to uint8 RGB first (see [`image_to_tensor`]), as mmseg reads them; resizing is bilinear
@@ -41,9 +42,6 @@ from .processor_options import (
     scaled_size,
     standardize_options,
 )
-
-
-# ------------------------------------------------------------------------------------------------ the processor
 
 
 class SemanticFPNImageProcessorKwargs(ImagesKwargs, total=False):

@@ -1,7 +1,8 @@
 """Reading images and segmentation maps: image files opened with errors that name them ([`open_image`] and the
 [`ImageFileError`] classes), and any image or label map a user has (paths, PIL images, numpy arrays, torch tensors)
 converted to the tensors the processor and the data pipelines work on ([`image_to_tensor`]: uint8 RGB (3, H, W), as
-mmseg reads images; [`label_to_tensor`]: int64 (H, W) class values).
+mmseg reads images; [`label_to_tensor`]: int64 (H, W) class values), and the batch forms a call accepts split into
+lists ([`as_list`], [`label_list`]).
 
 Hub code: imports only torch, numpy, PIL and the standard library, so `save_pretrained` copies it next to a model
 with the image processor that imports it.
