@@ -212,5 +212,6 @@ __all__ = [
     "resolve_size",
     "scale_of",
     "scaled_size",
+    "size_from_scale",
     "standardize_options",
 ]
