@@ -129,7 +129,7 @@ def nncf_model(workdir: Path, onnx_dir: Path) -> Path:
 
     from fpn_seg import SemanticFPNImageProcessor
     from fpn_seg.deployment.export import calibration_pixel_values
-    from fpn_seg.image_processing_semantic_fpn import image_to_tensor
+    from fpn_seg.image_reading import image_to_tensor
 
     processor = SemanticFPNImageProcessor.from_pretrained(onnx_dir)
     files = sorted(Path((workdir / "calibration.txt").read_text()).rglob("*.png"))[:32]

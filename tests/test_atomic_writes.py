@@ -161,8 +161,9 @@ def test_save_pretrained_killed_while_moving_in_leaves_no_loadable_mix(previous_
 
     left = snapshot(folder)
     assert not MODEL_FILES & set(left)
-    # The processor's own save: its config and code (with opencv_exact.py, the sibling only it imports).
-    processor_files = {"preprocessor_config.json", "image_processing_semantic_fpn.py", "opencv_exact.py"}
+    # The processor's own save: its config and code (with the siblings only it imports).
+    processor_files = {"preprocessor_config.json", "image_processing_semantic_fpn.py", "opencv_exact.py",
+                       "image_reading.py", "processor_options.py"}  # fmt: skip
     assert set(left) == processor_files | {"README.md", "checkpoint-2/trainer_state.json"}
     with pytest.raises(ValueError, match="Unrecognized model"):
         AutoModelForSemanticSegmentation.from_pretrained(folder)

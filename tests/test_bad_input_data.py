@@ -25,7 +25,7 @@ from fpn_seg.data import (
     load_prepared,
     prepare_ade20k,
 )
-from fpn_seg.image_processing_semantic_fpn import label_to_tensor
+from fpn_seg.image_reading import label_to_tensor
 from fpn_seg.modeling_semantic_fpn import check_label_values
 
 

@@ -15,15 +15,17 @@ import torch
 from conftest import tiny_config
 from PIL import Image, UnidentifiedImageError
 
-from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor, segment
-from fpn_seg.image_processing_semantic_fpn import (
+from fpn_seg import (  # the reading errors and open_image as users import them (their home: fpn_seg.image_reading)
     CorruptImageError,
     ImageFileError,
     ImageTooLargeError,
     NotAnImageError,
+    SemanticFPNForSemanticSegmentation,
+    SemanticFPNImageProcessor,
     image_to_tensor,
     label_to_tensor,
     open_image,
+    segment,
 )
 
 SIDE = 9000  # "larger than 8000x8000"

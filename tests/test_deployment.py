@@ -29,7 +29,7 @@ from fpn_seg.deployment import (
     load_runtime,
 )
 from fpn_seg.deployment import export as export_module
-from fpn_seg.image_processing_semantic_fpn import label_to_tensor
+from fpn_seg.image_reading import label_to_tensor
 from fpn_seg.inference import MMSEG_MS_RATIOS
 from fpn_seg.metrics import MeanIoU
 from fpn_seg.optimization import fold_batch_norm

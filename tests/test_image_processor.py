@@ -13,7 +13,7 @@ from transformers import AutoImageProcessor
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor
-from fpn_seg.image_processing_semantic_fpn import image_to_tensor, label_to_tensor
+from fpn_seg.image_reading import image_to_tensor, label_to_tensor
 from fpn_seg.conversion import convert_mmseg_state_dict
 from fpn_seg.presets import preset_config, preset_processor
 
@@ -380,6 +380,168 @@ def test_preprocess_argument_errors():
         SemanticFPNImageProcessor(scale=(512,))
     assert processor(image, do_resize=True, scale=(20, 16))["pixel_values"].shape == (1, 3, 16, 20)
     assert processor.do_resize is False  # overrides are for one call
+
+
+# ---------------------------------------------------------------------------------------------------- size, scale
+
+KEEP_RATIO_CASES = [((40, 50), (64, 48)), ((30, 70), (64, 48)), ((97, 130), (2048, 512)), ((600, 800), (2048, 1024))]
+
+
+@pytest.mark.parametrize("image_size, scale", KEEP_RATIO_CASES)
+def test_size_dict_is_mmseg_keep_ratio_rule_and_scale_its_alias(image_size, scale):
+    by_size = SemanticFPNImageProcessor(size={"shortest_edge": min(scale), "longest_edge": max(scale)})
+    by_scale = SemanticFPNImageProcessor(scale=scale)
+    assert by_size.size == by_scale.size and by_size.scale == by_scale.scale == list(scale)
+    assert by_size.test_size(*image_size) == mmseg_test_size(*image_size, scale)
+    image = random_image(*image_size[:2])
+    assert torch.equal(by_size(image)["pixel_values"], by_scale(image)["pixel_values"])
+    per_call = SemanticFPNImageProcessor(do_resize=False)
+    assert torch.equal(per_call(image, do_resize=True, size=by_size.size)["pixel_values"], by_scale(image)["pixel_values"])
+
+
+def test_presets_give_their_test_size_and_take_either_name():
+    ade = "fpn_r50_512x512_160k_ade20k"
+    assert preset_processor(ade).size == {"shortest_edge": 512, "longest_edge": 2048}
+    assert preset_processor(ade, size={"height": 64, "width": 96}).size == {"height": 64, "width": 96}
+    assert preset_processor(ade, scale=(96, 64)).size == {"shortest_edge": 64, "longest_edge": 96}
+
+
+def test_default_size_is_the_former_default_scale():
+    processor = SemanticFPNImageProcessor()
+    assert processor.size == {"shortest_edge": 1024, "longest_edge": 2048} and processor.scale == [2048, 1024]
+    assert processor.test_size(512, 1024) == mmseg_test_size(512, 1024, (2048, 1024)) == (1024, 2048)
+
+
+def test_one_sided_size_bounds_that_side_only():
+    assert SemanticFPNImageProcessor(size={"shortest_edge": 20}).test_size(40, 100) == (20, 50)
+    assert SemanticFPNImageProcessor(size={"longest_edge": 50}).test_size(40, 100) == (20, 50)
+    assert SemanticFPNImageProcessor(size={"longest_edge": 50}).scale is None
+
+
+def test_fixed_size_resize_equals_opencv_bit_for_bit():
+    """size={"height", "width"}: mmseg's keep_ratio=False resize, the same OpenCV uint8 INTER_LINEAR (and
+    INTER_NEAREST for labels) as `tests/fixtures/cv2_resize_reference.npz` holds."""
+    reference = np.load(FIXTURES / "cv2_resize_reference.npz")
+    checked = 0
+    for key in (key for key in reference.files if "_linear_" in key):
+        name, (height, width) = key.split("_linear_")[0], (int(side) for side in key.split("_linear_")[1].split("x"))
+        processor = SemanticFPNImageProcessor(size={"height": height, "width": width}, do_normalize=False)
+        assert processor.scale is None
+        labels = reference[f"{name}_labels"]
+        out = processor(reference[f"{name}_image"], segmentation_maps=labels, input_data_format="channels_last")
+        assert np.array_equal(out["pixel_values"][0].permute(1, 2, 0).numpy(), reference[key].astype(np.float32)), key
+        assert np.array_equal(out["labels"][0].numpy(), reference[f"{name}_nearest_{height}x{width}"]), key
+        checked += 1
+    assert checked == 27
+
+
+def test_saved_size_and_old_scale_files_load(tmp_path):
+    processor = SemanticFPNImageProcessor(scale=(64, 48), do_reduce_labels=True)
+    processor.save_pretrained(tmp_path / "new")
+    saved = json.loads((tmp_path / "new" / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"shortest_edge": 48, "longest_edge": 64} and "scale" not in saved
+    old = {key: value for key, value in saved.items() if key not in ("size", "resample", "do_rescale", "rescale_factor")}
+    old = {**old, "scale": [64, 48]}  # a preprocessor_config.json written before `size`
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "preprocessor_config.json").write_text(json.dumps(old))
+    for folder in ("new", "old"):
+        loaded = AutoImageProcessor.from_pretrained(tmp_path / folder)
+        assert loaded.size == {"shortest_edge": 48, "longest_edge": 64} and loaded.to_dict() == processor.to_dict()
+        assert AutoImageProcessor.from_pretrained(tmp_path / folder, scale=(32, 16)).scale == [32, 16]
+        resized = AutoImageProcessor.from_pretrained(tmp_path / folder, size={"height": 8, "width": 9})
+        assert resized.size == {"height": 8, "width": 9}
+
+
+def test_size_and_scale_conflicts_and_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match=r"size=\{'shortest_edge': 40, 'longest_edge': 64\} and scale=\[64, 48\] disagree"):
+        SemanticFPNImageProcessor(scale=(64, 48), size={"shortest_edge": 40, "longest_edge": 64})
+    agreeing = SemanticFPNImageProcessor(scale=(64, 48), size={"shortest_edge": 48, "longest_edge": 64})
+    assert agreeing.scale == [64, 48]
+    image = random_image(10, 12)
+    with pytest.raises(ValueError, match="size=.* and scale=.* disagree"):
+        agreeing(image, scale=(32, 16), size={"height": 8, "width": 8})
+    for size, message in [
+        (512, "size must be a dict"),
+        ({"height": 8}, "is not supported; give"),
+        ({"max_height": 8, "max_width": 8}, "is not supported; give"),
+        ({"shortest_edge": 0, "longest_edge": 8}, "positive whole numbers"),
+        ({"shortest_edge": 9, "longest_edge": 8}, "shortest_edge > longest_edge"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SemanticFPNImageProcessor(size=size)
+    with pytest.raises(ValueError, match="do_resize needs a size"):
+        SemanticFPNImageProcessor(size=None)
+
+
+# ---------------------------------------------------------------------------------------------------- standard options
+
+
+def test_resample_is_bilinear_only():
+    from PIL.Image import Resampling
+
+    image = random_image(20, 30)
+    processor = SemanticFPNImageProcessor(scale=(24, 16))
+    for bilinear in (2, Resampling.BILINEAR, "bilinear"):
+        assert SemanticFPNImageProcessor(scale=(24, 16), resample=bilinear).resample == Resampling.BILINEAR
+        assert torch.equal(processor(image, resample=bilinear)["pixel_values"], processor(image)["pixel_values"])
+    for other in (Resampling.NEAREST, Resampling.BICUBIC, 3):
+        with pytest.raises(ValueError, match="resample=.* is not supported: the resize is OpenCV's uint8 bilinear"):
+            processor(image, resample=other)
+
+
+def test_do_rescale_multiplies_before_normalising():
+    image = random_image(12, 16)
+    plain = SemanticFPNImageProcessor(do_resize=False, do_normalize=False)(image)["pixel_values"]
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    processor = SemanticFPNImageProcessor(do_resize=False, do_rescale=True, image_mean=mean, image_std=std)
+    expected = (plain * torch.tensor(1 / 255, dtype=torch.float32) - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(
+        std
+    ).view(3, 1, 1)
+    assert torch.equal(processor(image)["pixel_values"], expected)
+    halved = SemanticFPNImageProcessor(do_resize=False, do_normalize=False, do_rescale=True, rescale_factor=0.5)
+    assert torch.equal(halved(image)["pixel_values"], plain * 0.5)
+    with pytest.raises(ValueError, match="do_rescale needs a rescale_factor"):
+        SemanticFPNImageProcessor(do_rescale=True, rescale_factor=None)
+
+
+def test_do_pad_and_pad_size():
+    images = [random_image(40, 50, seed=1), random_image(30, 70, seed=2)]  # -> 48x60 and 27x64
+    processor = SemanticFPNImageProcessor(scale=(64, 48))
+    with pytest.raises(ValueError, match=r"resize to different sizes \[\(27, 64\), \(48, 60\)\] and do_pad is off"):
+        processor(images, do_pad=False)
+    same = processor([images[0], images[0]], do_pad=False)
+    assert same["pixel_values"].shape == (2, 3, 48, 60) and "pixel_mask" not in same
+    assert [tuple(p.shape) for p in processor(images, do_pad=False, return_tensors=None)["pixel_values"]] == [
+        (3, 48, 60),
+        (3, 27, 64),
+    ]
+    padded = processor(images, segmentation_maps=[np.ones((40, 50)), np.ones((30, 70))], pad_size={"height": 50, "width": 70})
+    assert padded["pixel_values"].shape == (2, 3, 50, 70) and padded["labels"].shape == padded["pixel_mask"].shape
+    assert int(padded["pixel_mask"][0].sum()) == 48 * 60 and (padded["labels"][0, 48:] == 255).all()
+    alone = processor(images[1], pad_size={"height": 50, "width": 70})  # one image, padded as well
+    assert alone["pixel_mask"].shape == (1, 50, 70) and torch.equal(alone["pixel_values"][0], padded["pixel_values"][1])
+    with pytest.raises(ValueError, match=r"resizes to \(48, 64\), larger than pad_size"):
+        processor(images, pad_size={"height": 40, "width": 64})
+    with pytest.raises(ValueError, match="pad_size must be a dict"):
+        SemanticFPNImageProcessor(pad_size=64)
+
+
+@pytest.mark.parametrize(
+    "option, value, reason",
+    [
+        ("crop_size", {"height": 8, "width": 8}, "mmseg's test pipeline does not crop"),
+        ("do_center_crop", True, "mmseg's test pipeline does not crop"),
+        ("default_to_square", True, "size is always a dict"),
+        ("disable_grouping", True, "images are processed one by one"),
+        ("image_seq_length", 4, "not a vision-language processor"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused_with_the_reason(option, value, reason):
+    with pytest.raises(ValueError, match=f"{option} does not apply to Semantic FPN: {reason}"):
+        SemanticFPNImageProcessor(**{option: value})
+    with pytest.raises(ValueError, match=f"{option} does not apply to Semantic FPN: {reason}"):
+        SemanticFPNImageProcessor()(random_image(8, 8), **{option: value})
+    assert SemanticFPNImageProcessor(**{option: None}).size  # None: not given
 
 
 # ---------------------------------------------------------------------------------------------------- saving

@@ -8,7 +8,7 @@ from conftest import tiny_config
 from torch.nn import functional as F
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor, segment
-from fpn_seg.image_processing_semantic_fpn import image_to_tensor
+from fpn_seg.image_reading import image_to_tensor
 from fpn_seg.inference import prepare_model, slide_windows
 from fpn_seg.optimization import is_batch_norm_folded
 

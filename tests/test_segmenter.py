@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from fpn_seg import SemanticFPNForSemanticSegmentation, SemanticFPNImageProcessor, SemanticSegmenter, segment
 from fpn_seg.cuda_graphs import CapturedGraph, CUDAGraphRunner
-from fpn_seg.image_processing_semantic_fpn import image_to_tensor
+from fpn_seg.image_reading import image_to_tensor
 from fpn_seg.inference import prepare_model
 from fpn_seg.optimization import is_batch_norm_folded, optimize_for_inference
 from fpn_seg.prepared_model import ModelPlacementError, PreparedModel

@@ -8,7 +8,9 @@ The mixins come from the sdist of the installed transformers version (`tests/tra
 import sys
 import unittest
 
+import numpy as np
 import pytest
+from PIL import Image
 from transformers_suite import PACKAGE, suite_root
 
 if not (suite_root() / ".complete").is_file():
@@ -167,30 +169,75 @@ class ResNetV1cConfigTest(unittest.TestCase):
 
 
 class SemanticFPNImageProcessingTester(ImageProcessingTester):
-    """Random images of 30..80 pixels; the processor resizes them keeping the ratio into `scale` (96, 48)."""
+    """transformers' default tester settings (7 random images of 30..400 pixels) with a keep-ratio `size` dict, as
+    transformers' testers of keep-ratio processors (DETR, Mask2Former) pass it."""
 
     def __init__(self, parent, **kwargs):
-        kwargs.setdefault("scale", [96, 48])
-        super().__init__(parent, batch_size=3, min_resolution=30, max_resolution=80, **kwargs)
+        kwargs.setdefault("size", {"shortest_edge": 18, "longest_edge": 1333})
+        super().__init__(parent, **kwargs)
         self.num_labels = 5  # of the post-processing tests' logits
 
-    def prepare_post_process_semantic_segmentation_inputs(self):
-        height, width = 24, 40  # logits at the processed size, as the model returns them
-        logits = torch.randn(self.batch_size, self.num_labels, height, width)
-        return {"outputs": SemanticSegmenterOutput(logits=logits)}, {"num_labels": self.num_labels, "height": height, "width": width}
-
     def _get_image_processing_classes(self):
-        # transformers finds the classes from the test folder's name (a model name); ours is a registered model.
-        return {"torchvision": SemanticFPNImageProcessor}
+        # Real difference: transformers finds the classes from the test folder's name (a model of its own tree);
+        # ours is a registered model, with one processor class (torch only), registered for both backend names.
+        return {"torchvision": SemanticFPNImageProcessor, "pil": SemanticFPNImageProcessor}
 
     def expected_output_image_shape(self, images):
-        processor = SemanticFPNImageProcessor(**self.prepare_image_processor_dict())
-        sizes = [processor.test_size(*image_to_tensor(image).shape[-2:]) for image in images]
+        # Real difference: mmseg's keep-ratio rule rounds each side to nearest, `int(side * f + 0.5)` with
+        # `f = min(shortest / min(h, w), longest / max(h, w))`, where transformers' `get_size_with_aspect_ratio` sets
+        # the short side to `shortest_edge` and truncates the other; the two differ by a pixel on some images.
+        if "shortest_edge" not in self.size:
+            return super().expected_output_image_shape(images)
+        sizes = []
+        for image in images:
+            if isinstance(image, Image.Image):
+                height, width = image.height, image.width
+            else:  # transformers' test arrays are (H, W, C), its tensors (C, H, W)
+                height, width = image.shape[:2] if isinstance(image, np.ndarray) else image.shape[-2:]
+            factor = min(self.size["shortest_edge"] / min(height, width), self.size["longest_edge"] / max(height, width))
+            sizes.append((int(height * factor + 0.5), int(width * factor + 0.5)))
         return self.num_channels, max(size[0] for size in sizes), max(size[1] for size in sizes)
+
+    def prepare_post_process_semantic_segmentation_inputs(self):
+        # Real difference: the base takes the logits' size from size["height"] / size["width"], which a keep-ratio
+        # size does not have; the logits are at a processed size, as the model returns them.
+        if "height" in self.size:
+            return super().prepare_post_process_semantic_segmentation_inputs()
+        height, width = 24, 40
+        logits = torch.randn(self.batch_size, self.num_labels, height, width)
+        return {"outputs": SemanticSegmenterOutput(logits=logits)}, {"num_labels": self.num_labels, "height": height, "width": width}
 
 
 class SemanticFPNImageProcessingTest(PostProcessSemanticSegmentationTestMixin, ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = SemanticFPNImageProcessingTester
+
+    def test_backends_equivalence(self):
+        self.skipTest("loads an image from the Hugging Face hub (no network in tests); the batched variant runs")
+
+    def test_pil_can_run_without_torchvision(self):
+        self.skipTest(
+            "its fresh interpreter loads the saved folder with AutoImageProcessor without importing fpn_seg and without "
+            "trust_remote_code, which a registered (non-transformers) processor needs; the remote-code load is tested "
+            "in tests/test_pipeline.py, and the processor never imports torchvision"
+        )
+
+    def test_image_processor_preprocess_arguments(self):
+        # Real difference: transformers' processors warn about an unknown keyword and ignore it; ours refuses it
+        # (TypeError naming it and the valid options), so a misspelt option never passes unnoticed.
+        processor = SemanticFPNImageProcessor(**self.image_processor_dict)
+        with self.assertRaisesRegex(TypeError, r"unknown options \['extra_argument'\]; valid options: \[.*'size'"):
+            processor(self.image_processor_tester.prepare_image_inputs(), extra_argument=True)
+
+
+class SemanticFPNFixedSizeImageProcessingTester(SemanticFPNImageProcessingTester):
+    """The same with a fixed `size={"height", "width"}` (mmseg's keep_ratio=False resize)."""
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, size={"height": 32, "width": 48}, **kwargs)
+
+
+class SemanticFPNFixedSizeImageProcessingTest(SemanticFPNImageProcessingTest):
+    image_processor_tester_class = SemanticFPNFixedSizeImageProcessingTester
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -134,10 +134,13 @@ def test_standard_images_kwargs_are_taken():
     assert processor(ambiguous, input_data_format="channels_first")["pixel_values"].shape == (1, 3, 5, 3)
     assert processor(ambiguous, input_data_format="channels_last")["pixel_values"].shape == (1, 3, 3, 5)
     assert SemanticFPNImageProcessor.from_dict({"scale": [64, 32]}, do_convert_rgb=False).do_convert_rgb is False
-    with pytest.raises(ValueError, match="size does not apply to Semantic FPN: the keep-ratio resize is set by scale"):
-        SemanticFPNImageProcessor(size={"height": 64, "width": 64})
-    with pytest.raises(ValueError, match="resample does not apply"):
-        processor(rgba, resample=2)
+    assert processor(rgba, size={"height": 10, "width": 12})["pixel_values"].shape == (1, 3, 20, 30)  # do_resize off
+    resized = processor(rgba, do_resize=True, size={"shortest_edge": 10, "longest_edge": 100}, resample=2)
+    assert resized["pixel_values"].shape == (1, 3, 10, 15)
+    with pytest.raises(ValueError, match="crop_size does not apply to Semantic FPN: mmseg's test pipeline does not crop"):
+        processor(rgba, crop_size={"height": 8, "width": 8})
+    with pytest.raises(ValueError, match="resample=0 is not supported"):
+        processor(rgba, resample=0)
     with pytest.raises(ValueError, match="data_format='channels_last' is not supported"):
         processor(rgba, data_format="channels_last")
     assert processor(rgba, device="cpu")["pixel_values"].device.type == "cpu"

@@ -176,6 +176,11 @@ def test_argument_and_column_errors():
         TrainTransform(PROCESSOR, (0, 10))
     with pytest.raises(ValueError, match="ratio_range"):
         TrainTransform(PROCESSOR, (8, 8), ratio_range=(2.0, 0.5))
+    fixed = SemanticFPNImageProcessor(size={"height": 40, "width": 60})
+    with pytest.raises(ValueError, match=r"size \{'height': 40, 'width': 60\} has no \(long side, short side\) scale"):
+        TrainTransform(fixed, (8, 8))
+    assert TrainTransform(fixed, (8, 8), scale=(60, 40)).scale == (60, 40)
+    assert TrainTransform(SemanticFPNImageProcessor(size={"shortest_edge": 40, "longest_edge": 60}), (8, 8)).scale == (60, 40)
     with pytest.raises(KeyError, match=r"no column\(s\) \['label'\]"):
         TrainTransform(PROCESSOR, (8, 8))({"image": [PIL.Image.new("RGB", (4, 4))], "mask": [None]})
 

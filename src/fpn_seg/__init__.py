@@ -13,7 +13,16 @@ from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import SemanticFPNConfig
 from .modeling_resnet_v1c import ResNetV1cBackbone
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, SemanticFPNPreTrainedModel
-from .image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor
+from .image_processing_semantic_fpn import SemanticFPNImageProcessor
+from .image_reading import (
+    CorruptImageError,
+    ImageFileError,
+    ImageTooLargeError,
+    NotAnImageError,
+    image_to_tensor,
+    label_to_tensor,
+    open_image,
+)
 from .label_policy import LabelPolicy
 from .presets import PRESETS, SemanticFPNPreset, get_preset, preset_config, preset_processor
 from .inference import multiscale_flip_inference, segment, slide_inference, whole_inference
@@ -58,7 +67,11 @@ SemanticFPNForSemanticSegmentation.register_for_auto_class("AutoModelForSemantic
 SemanticFPNImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
+    "CorruptImageError",
+    "ImageFileError",
+    "ImageTooLargeError",
     "LabelPolicy",
+    "NotAnImageError",
     "PRESETS",
     "ResNetV1cBackbone",
     "ResNetV1cConfig",
@@ -72,6 +85,7 @@ __all__ = [
     "image_to_tensor",
     "label_to_tensor",
     "multiscale_flip_inference",
+    "open_image",
     "preset_config",
     "preset_processor",
     "segment",

@@ -17,7 +17,7 @@ from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
 from .data import generate_street_scenes, load_cityscapes
 from .deployment.onnx_folder import is_onnx_folder
-from .image_processing_semantic_fpn import label_to_tensor
+from .image_reading import label_to_tensor
 from .inference import segment
 from .metrics import MeanIoU, format_iou_table
 from .train import run_training

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .image_processing_semantic_fpn import ImageFileError, ImageTooLargeError, image_to_tensor, open_image
+from .image_reading import ImageFileError, ImageTooLargeError, image_to_tensor, open_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _EXTENSIONS_TEXT = ", ".join(IMAGE_EXTENSIONS)

@@ -67,11 +67,14 @@ def preset_config(name: str, **kwargs) -> SemanticFPNConfig:
 
 
 def preset_processor(name: str, **kwargs) -> SemanticFPNImageProcessor:
-    """The test scale and label policy of one of the seed models, e.g. `"fpn_r50_512x512_160k_ade20k"` -> scale
-    (2048, 512), `do_reduce_labels=True`; `kwargs` override options."""
+    """The test size and label policy of one of the seed models, e.g. `"fpn_r50_512x512_160k_ade20k"` -> size
+    `{"shortest_edge": 512, "longest_edge": 2048}` (mmseg's scale (2048, 512)), `do_reduce_labels=True`; `kwargs`
+    override options (`size` or its alias `scale` replaces the preset's)."""
     preset = get_preset(name)
     policy = LabelPolicy(reduce_labels=preset.reduce_labels)
-    return SemanticFPNImageProcessor(**{"scale": preset.test_scale, **policy.processor_options(), **kwargs})
+    test_size = {"shortest_edge": min(preset.test_scale), "longest_edge": max(preset.test_scale)}
+    resize = {} if {"size", "scale"} & set(kwargs) else {"size": test_size}
+    return SemanticFPNImageProcessor(**{**resize, **policy.processor_options(), **kwargs})
 
 
 __all__ = ["PRESETS", "SemanticFPNPreset", "get_preset", "preset_config", "preset_processor"]

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .image_processing_semantic_fpn import image_to_tensor
+from .image_reading import image_to_tensor
 from .modeling_semantic_fpn import SemanticFPNSegmenterOutput, image_sizes_of, logits_per_image
 from .prepared_model import DEFAULT_MAX_GRAPH_PIXELS, DEFAULT_MAX_GRAPHS, PreparedModel
 
@@ -357,12 +357,11 @@ class SemanticSegmenter:
         return SemanticFPNSegmenterOutput(logits=logits, image_sizes=image_sizes)
 
     def _view_scale(self, ratio: float, size: tuple[int, int]) -> dict:
-        """Processor options for the test scale times `ratio` (mmseg's `MultiScaleFlipAug`: `(int(long * ratio),
+        """Processor options for the test size times `ratio` (mmseg's `MultiScaleFlipAug`: `(int(long * ratio),
         int(short * ratio))`, of the image's own size when the processor does not resize)."""
         if ratio == 1.0:
             return {}
-        long_side, short_side = self.processor.scale if self.processor.do_resize else (max(size), min(size))
-        return {"do_resize": True, "scale": [int(long_side * ratio), int(short_side * ratio)]}
+        return {"do_resize": True, "size": self.processor.size_at_ratio(ratio, *size)}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.prepared!r}, precision={self.precision!r})"

@@ -57,7 +57,8 @@ from .data import (
     load_cityscapes,
     load_image_label_dataset,
 )
-from .image_processing_semantic_fpn import SemanticFPNImageProcessor, label_to_tensor, open_image
+from .image_processing_semantic_fpn import SemanticFPNImageProcessor
+from .image_reading import label_to_tensor, open_image
 from .metrics import make_compute_metrics, save_evaluation_report
 from .modeling_semantic_fpn import SemanticFPNForSemanticSegmentation, check_label_values
 from .presets import PRESETS, get_preset, preset_config

@@ -132,7 +132,7 @@ class SegmentationService:
 
         runtime = "PyTorch" if self.runtime == "torch" else RUNTIME_NAMES[self.runtime]
         line = (f"{self.config.num_labels} classes, backbone {backbone}{f'-{depth}' if depth else ''}, test scale "
-                f"{list(self.processor.scale)}, {runtime}.")  # fmt: skip
+                f"{self.processor.scale or self.processor.size}, {runtime}.")  # fmt: skip
         if self.choice is not None and self.choice.reason != "asked for":
             line += f" Runtime auto chose {self.choice.summary()}."
         return line

@@ -21,7 +21,7 @@ import PIL.Image
 from datasets import Dataset, Features, Image
 from tqdm.auto import tqdm
 
-from ..image_processing_semantic_fpn import ImageFileError, open_image
+from ..image_reading import ImageFileError, open_image
 from ..label_policy import LabelPolicy
 from .label_marks import PNG_SIGNATURE, encode_label_png, mark_label_png
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from datasets import Dataset, Image
 
-from ..image_processing_semantic_fpn import ImageFileError, image_to_tensor, open_image
+from ..image_reading import ImageFileError, image_to_tensor, open_image
 from ..optional_opencv import load_opencv
 from .label_marks import check_label_policy
 from .transforms import raw_label_tensor

@@ -57,7 +57,8 @@ import PIL.Image
 import torch
 from torch.nn import functional as F
 
-from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor, label_to_tensor, open_image
+from ..image_processing_semantic_fpn import SemanticFPNImageProcessor
+from ..image_reading import image_to_tensor, label_to_tensor, open_image
 from ..label_policy import LabelPolicy
 from ..opencv_exact import HUE_RANGE, hsv_to_rgb_uint8, resize_nearest, rgb_to_hsv_uint8
 from ..optional_opencv import load_opencv
@@ -317,6 +318,11 @@ class TrainTransform:
         if len(crop_size) != 2 or min(crop_size) <= 0:
             raise ValueError(f"TrainTransform: crop_size must be (height, width) > 0, got {crop_size!r}.")
         scale = processor.scale if scale is None else scale
+        if scale is None:
+            raise ValueError(
+                f"TrainTransform: the processor's size {processor.size} has no (long side, short side) scale for the "
+                "random resize; pass scale=(long side, short side)."
+            )
         if len(scale) != 2 or min(scale) <= 0:
             raise ValueError(f"TrainTransform: scale must be (long side, short side) > 0, got {scale!r}.")
         if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
@@ -463,7 +469,7 @@ class EvalTransform:
         self.processor, self.image_column, self.label_column = processor, image_column, label_column
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(scale={self.processor.scale}, do_resize={self.processor.do_resize})"
+        return f"{type(self).__name__}(size={self.processor.size}, do_resize={self.processor.do_resize})"
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[torch.Tensor]]:
         images, labels = _columns(batch, self.image_column, self.label_column, type(self).__name__)

@@ -33,7 +33,8 @@ from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME
 from ..atomic import atomic_output_dir, check_output_dir
 from ..cli import run_command
 from ..image_files import ImageInputError, ImageReadError, collect_image_inputs, read_image
-from ..image_processing_semantic_fpn import SemanticFPNImageProcessor, image_to_tensor
+from ..image_processing_semantic_fpn import SemanticFPNImageProcessor
+from ..image_reading import image_to_tensor
 from ..model_folders import ModelFolderError, load_model
 from ..modeling_semantic_fpn import SemanticFPNForSemanticSegmentation
 from ..optimization import fold_batch_norm, is_batch_norm_folded
