@@ -26,10 +26,11 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 # transformers' own common tests come from the sdist of the installed version (downloaded once into .cache/); the
-# two CPUs run the suite in two workers, each test module on one of them (module fixtures are built once).
+# two CPUs run the suite in two workers, each test module on one of them (module fixtures are built once); a worker
+# that dies ends the run at once (a replaced worker can wait forever under --dist loadscope).
 test: $(STAMP) browser
 	$(PY) tests/transformers_suite.py
-	$(PY) -m pytest -q -n 2 --dist loadscope
+	$(PY) -m pytest -q -n 2 --dist loadscope --max-worker-restart=0
 
 # The same suite against the newest releases (its own venv, upgraded on every run; torch stays 2.13.0).
 test-latest:

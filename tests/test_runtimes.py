@@ -390,3 +390,29 @@ assert main([{str(tiny[2])!r}, {str(image)!r}, "-o", {str(tmp_path / 'out')!r}, 
     assert "pip install 'fpn_seg[openvino]'" in result.stdout
     assert "auto: ONNX Runtime fp32" in result.stdout and "not installed: pip install 'fpn_seg[openvino]'" in result.stdout
     assert "(--runtime openvino): OpenVINO inference needs the openvino package" in result.stderr
+
+
+def test_openvino_models_freed_in_any_order_leave_signals_working(tiny):
+    """OpenVINO's CPU plugin gives each compiled model its own signal stack and puts the previous one back when the
+    model is freed, which leaves a freed stack in place when models are not freed last-in first-out (runtime auto's
+    probe holds several): the next signal with a Python handler then killed the process (SIGSEGV). In a subprocess:
+    two models freed first-in first-out, then a signal with a Python handler, handled."""
+    code = f"""
+import gc, os, signal
+from fpn_seg.deployment import OVModelForSemanticSegmentation
+from fpn_seg.deployment.signal_stack import current_signal_stack
+before = current_signal_stack()
+first = OVModelForSemanticSegmentation.from_pretrained({str(tiny[2])!r})
+second = OVModelForSemanticSegmentation.from_pretrained({str(tiny[2])!r})
+del first; gc.collect()
+del second; gc.collect()
+print("stack kept:", current_signal_stack() == before)
+handled = []
+signal.signal(signal.SIGUSR1, lambda *_: handled.append(True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("handled:", handled)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])  # -11 without the fix
+    assert "stack kept: True" in result.stdout and "handled: [True]" in result.stdout

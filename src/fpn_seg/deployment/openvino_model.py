@@ -22,6 +22,7 @@ import torch
 from .cpu_capabilities import detect_cpu_capabilities
 from .dependencies import require
 from .exported_model import ExportedModelForSemanticSegmentation, PrecisionUnavailableError
+from .signal_stack import kept_signal_stack
 
 # INFERENCE_PRECISION_HINT per precision: the precision of everything that is not quantised.
 INFERENCE_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -95,7 +96,8 @@ class OVModelForSemanticSegmentation(ExportedModelForSemanticSegmentation):
         settings.update(properties or {})
         core = openvino.Core()
         ov_model = core.read_model(str(path))
-        compiled = core.compile_model(ov_model, "CPU", settings)
+        with kept_signal_stack():  # see signal_stack.py: OpenVINO's own stack must not outlive its model
+            compiled = core.compile_model(ov_model, "CPU", settings)
         if precision == "bf16" and compiled.get_property("INFERENCE_PRECISION_HINT") != openvino.Type.bf16:
             raise PrecisionUnavailableError(bf16_refusal(path.parent, capabilities.describe()))
         return cls(core, ov_model, compiled, config, path, precision, settings, static_shapes)
@@ -112,7 +114,8 @@ class OVModelForSemanticSegmentation(ExportedModelForSemanticSegmentation):
                 return self._dynamic
             model = self._ov_model.clone()
             model.reshape(list(shape))
-            self._static[shape] = _CompiledModel(self.core.compile_model(model, "CPU", self.properties))
+            with kept_signal_stack():
+                self._static[shape] = _CompiledModel(self.core.compile_model(model, "CPU", self.properties))
             return self._static[shape]
 
     def _logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
