@@ -235,7 +235,8 @@ def test_shipped_code_is_not_executed_without_trust_remote_code(saved_model, tmp
     monkeypatch.setattr(dynamic_modules, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # if it ran: not ~/.cache
     folder = copy_of(saved_model, tmp_path / "model")
     markers = [tamper(folder, name) for name in sorted(os.listdir(folder)) if name.endswith(".py")]
-    assert len(markers) == 8  # modeling, configuration (x2 each), image processing, OpenCV kernels, atomic, policy
+    assert len(markers) == 9  # modeling, configuration (x2 each), image processing, OpenCV kernels, atomic, policy,
+    # model loading
     for trust in (None, False):
         model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=trust)
         processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=trust)

@@ -54,7 +54,7 @@ def hub_files() -> dict[str, set[str]]:
 
 def test_hub_files_import_only_siblings_the_standard_library_and_transformers_requirements():
     files = hub_files()
-    assert set(ENTRY_POINTS) <= set(files) and {"atomic.py", "opencv_exact.py"} <= set(files)
+    assert set(ENTRY_POINTS) <= set(files) and {"atomic.py", "model_loading.py", "opencv_exact.py"} <= set(files)
     for name, absolute in files.items():
         outside = sorted(absolute - ALLOWED_LIBRARIES - set(sys.stdlib_module_names))
         assert not outside, f"{name} imports {outside}: hub files run without fpn_seg or its other dependencies"
