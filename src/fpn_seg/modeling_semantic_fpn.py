@@ -21,13 +21,6 @@ from .model_loading import StrictLoadingMixin
 from .modeling_resnet_v1c import ResNetV1cBackbone, init_batch_norm
 
 
-def with_weight_init(conv: nn.Conv2d, scheme: str) -> nn.Conv2d:
-    """Tag `conv` with its initialisation (read by `SemanticFPNPreTrainedModel._init_weights`, which transformers
-    calls on each module that owns parameters, e.g. each conv of a model materialised from the meta device)."""
-    conv.weight_init = scheme
-    return conv
-
-
 class SemanticFPNNeck(nn.Module):
     """Feature pyramid: 1x1 laterals, a nearest-neighbour top-down path, 3x3 output convs (biases, no norm).
 
@@ -36,13 +29,8 @@ class SemanticFPNNeck(nn.Module):
 
     def __init__(self, in_channels: list[int], neck_channels: int):
         super().__init__()
-        self.lateral_convs = nn.ModuleList(
-            with_weight_init(nn.Conv2d(channels, neck_channels, 1), "xavier_uniform") for channels in in_channels
-        )
-        self.fpn_convs = nn.ModuleList(
-            with_weight_init(nn.Conv2d(neck_channels, neck_channels, 3, padding=1), "xavier_uniform")
-            for _ in in_channels
-        )
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(channels, neck_channels, 1) for channels in in_channels)
+        self.fpn_convs = nn.ModuleList(nn.Conv2d(neck_channels, neck_channels, 3, padding=1) for _ in in_channels)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         laterals = [conv(feature) for conv, feature in zip(self.lateral_convs, features)]
@@ -94,7 +82,7 @@ class SemanticFPNHead(nn.Module):
             ]
             self.scale_heads.append(nn.Sequential(*blocks))
         self.dropout = nn.Dropout2d(config.classifier_dropout)
-        self.classifier = with_weight_init(nn.Conv2d(config.head_channels, config.num_labels, 1), "classifier")
+        self.classifier = nn.Conv2d(config.head_channels, config.num_labels, 1)
 
     def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         fused = self.scale_heads[0](pyramid[0])  # (B, head_channels, H_0, W_0)
@@ -168,19 +156,15 @@ class SemanticFPNPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     classifier_prefix = "decode_head.classifier"  # named by the message for a checkpoint of another class count
 
     def _init_weights(self, module):
-        """mmseg's initialisations: xavier-uniform FPN convs, kaiming-normal head convs, N(0, 0.01) classifier, zero
-        biases, unit BatchNorms. Dispatched on the modules that own the parameters (convs, norms), as transformers
-        initialises missing weights module by module; a conv's scheme is its `weight_init` tag (`with_weight_init`)."""
+        """PyTorch's default initialisation of the neck and head convs (kaiming-uniform weights with a=sqrt(5),
+        biases uniform in +-1/sqrt(fan_in)) and unit BatchNorms. transformers calls this on every module that owns
+        parameters, for a new model as for one materialised from the meta device (missing weights), so both get the
+        same distributions; the backbone's modules get the backbone's own `_init_weights`."""
         if isinstance(module, nn.Conv2d):
-            scheme = getattr(module, "weight_init", "kaiming_normal")
-            if scheme == "xavier_uniform":
-                init.xavier_uniform_(module.weight)
-            elif scheme == "classifier":
-                init.normal_(module.weight, mean=0.0, std=0.01)
-            else:
-                init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
-                init.zeros_(module.bias)
+                fan_in = module.weight[0].numel()  # in_channels / groups * kernel height * kernel width
+                init.uniform_(module.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
         elif isinstance(module, nn.BatchNorm2d):
             init_batch_norm(module)
 
@@ -356,5 +340,4 @@ __all__ = [
     "SemanticFPNHead",
     "SemanticFPNNeck",
     "SemanticFPNPreTrainedModel",
-    "with_weight_init",
 ]
