@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
@@ -312,19 +311,18 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
             return pixel_losses.sum() / labels.numel()
         return pixel_losses.sum() / (labels != ignore_index).sum().clamp(min=1)
 
-    def _set_gradient_checkpointing(
-        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
-    ):
-        """As transformers' own, but refused with the backbone named when the backbone cannot checkpoint its blocks
-        (e.g. transformers' `ResNetBackbone`): Semantic FPN checkpoints the backbone's residual blocks."""
-        if enable and not getattr(self.backbone, "supports_gradient_checkpointing", False):
+    def activation_checkpointing_enable(self, *args, **kwargs):
+        """As transformers' own (also reached through the deprecated `gradient_checkpointing_enable` and the Trainer's
+        `gradient_checkpointing=True`), but refused with the backbone named when the backbone cannot checkpoint its
+        blocks (e.g. transformers' `ResNetBackbone`): Semantic FPN checkpoints the backbone's residual blocks."""
+        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
             backbone_type = getattr(self.config.backbone_config, "model_type", None)
             raise ValueError(
                 f"Gradient checkpointing recomputes the backbone's blocks, and this model's backbone "
                 f"{type(self.backbone).__name__} (model_type {backbone_type!r}) does not support it; use the "
                 "ResNetV1c backbone or one whose transformers class supports gradient checkpointing."
             )
-        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        return super().activation_checkpointing_enable(*args, **kwargs)
 
 
 __all__ = [
