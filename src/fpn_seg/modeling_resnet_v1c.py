@@ -16,13 +16,16 @@ from transformers.modeling_outputs import BackboneOutput
 
 from .configuration_resnet_v1c import ResNetV1cConfig
 
+# Every BatchNorm module class, by torch's public names (their common base `_BatchNorm` is private).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 @contextlib.contextmanager
 def _batch_norm_statistics_kept(module: nn.Module):
     """While inside, `module`'s BatchNorms normalise with batch statistics as usual but leave their running
     statistics as they are (momentum 0; `num_batches_tracked` put back on exit): the recomputation of a checkpointed
     block in the backward pass must not update them a second time, nor write to tensors autograd saved."""
-    norms = [norm for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
+    norms = [norm for norm in module.modules() if isinstance(norm, BATCH_NORMS)]
     saved = [(norm.momentum, None if norm.num_batches_tracked is None else norm.num_batches_tracked.clone()) for norm in norms]
     for norm in norms:
         norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged, bit for bit
@@ -230,7 +233,7 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
                 module.eval()
             if self.config.norm_eval:
                 for module in self.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(module, BATCH_NORMS):
                         module.eval()
         return self
 
