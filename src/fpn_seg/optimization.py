@@ -127,6 +127,10 @@ def fold_batch_norm(model: SemanticFPNForSemanticSegmentation) -> BatchNormFolde
         folded = BatchNormFoldedSemanticFPN(copy.deepcopy(model.config))
     weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     folded.load_state_dict(weights, assign=True)  # every tensor, strides (e.g. channels_last) and dtype kept
+    for name, buffer in model.named_buffers():  # buffers outside the state dict (persistent=False), if any
+        if name not in weights:
+            owner, _, leaf = name.rpartition(".")
+            folded.get_submodule(owner).register_buffer(leaf, buffer.detach().clone(), persistent=False)
     folded.eval()
     pairs = [(block, "conv", "norm") for block in folded.decode_head.modules() if isinstance(block, SemanticFPNConvBlock)]
     if hasattr(folded.backbone, "conv_norm_pairs"):
