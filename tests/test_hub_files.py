@@ -55,7 +55,7 @@ def hub_files() -> dict[str, set[str]]:
 def test_hub_files_import_only_siblings_the_standard_library_and_transformers_requirements():
     files = hub_files()
     assert set(ENTRY_POINTS) <= set(files)
-    assert {"atomic.py", "opencv_exact.py", "image_reading.py", "processor_options.py"} <= set(files)
+    assert {"atomic.py", "model_loading.py", "opencv_exact.py", "image_reading.py", "processor_options.py"} <= set(files)
     for name, absolute in files.items():
         outside = sorted(absolute - ALLOWED_LIBRARIES - set(sys.stdlib_module_names))
         assert not outside, f"{name} imports {outside}: hub files run without fpn_seg or its other dependencies"

@@ -461,3 +461,19 @@ def test_trainer_turns_gradient_checkpointing_on(tmp_path):
     result = Trainer(model=model, args=args, train_dataset=dataset).train()
     assert all(block.gradient_checkpointing for block in model.backbone.layer1)
     assert np.isfinite(result.training_loss)
+
+
+def test_weights_missing_from_a_state_dict_are_initialised():
+    """transformers initialises missing weights module by module (on the modules that own parameters); every conv of
+    the neck and head gets PyTorch's default range, as in a model built directly (not memory left from the meta
+    device)."""
+    config = tiny_config()
+    for model in (
+        SemanticFPNForSemanticSegmentation(config),
+        SemanticFPNForSemanticSegmentation.from_pretrained(None, config=config, state_dict={}),
+    ):
+        convs = [*model.neck.lateral_convs, *model.neck.fpn_convs, model.decode_head.classifier]
+        for conv in convs:
+            bound = 1 / conv.weight[0].numel() ** 0.5  # kaiming_uniform(a=sqrt(5)) and the bias share it
+            assert float(conv.weight.abs().max()) <= bound and float(conv.bias.abs().max()) <= bound
+            assert float(conv.weight.std()) > bound / 4  # drawn, not zeros

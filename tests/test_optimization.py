@@ -14,6 +14,7 @@ from transformers import ResNetConfig
 from fpn_seg import ResNetV1cConfig, SemanticFPNConfig, SemanticFPNForSemanticSegmentation
 from fpn_seg.modeling_semantic_fpn import SemanticFPNConvBlock
 from fpn_seg.optimization import (
+    BatchNormFoldedSemanticFPN,
     FrozenCompiledModel,
     OneDNNConv2d,
     bf16_autocast,
@@ -101,6 +102,46 @@ def test_folding_leaves_other_backbones_batch_norms_alone():
     assert all(isinstance(norm, nn.Identity) for norm in head_norms)  # the head is folded...
     assert any(isinstance(module, nn.BatchNorm2d) for module in folded.backbone.modules())  # ...the backbone is not
     assert (logits_of(folded, pixel_values) - logits_of(model, pixel_values)).abs().max() <= EXACT_TOLERANCE
+
+
+def test_folded_copy_is_built_from_the_models_tensors_bit_for_bit():
+    """`fold_batch_norm` builds its copy as a `BatchNormFoldedSemanticFPN` (no class swap): each folded conv is
+    `fold_batch_norm_into_conv` of the model's pair, every other tensor the model's, bit for bit, with its strides."""
+    model = tiny_model().to(memory_format=torch.channels_last)
+    folded = fold_batch_norm(model)
+    assert type(folded) is BatchNormFoldedSemanticFPN and not folded.training
+    original, copied = model.state_dict(), folded.state_dict()
+    folded_convs = {name.rpartition(".")[0] for name in copied if name.endswith(".bias") and name not in original}
+    kept = [name for name in copied if name.rpartition(".")[0] not in folded_convs]
+    assert len(folded_convs) == 29 and len(kept) == 18  # tiny R-18: stem, blocks, shortcuts, head / neck, classifier
+    for name in kept:
+        assert torch.equal(copied[name], original[name]) and copied[name].stride() == original[name].stride(), name
+    block = model.decode_head.scale_heads[0][0]
+    expected = fold_batch_norm_into_conv(block.conv, block.norm.eval())
+    folded_conv = folded.decode_head.scale_heads[0][0].conv
+    assert torch.equal(folded_conv.weight, expected.weight) and torch.equal(folded_conv.bias, expected.bias)
+    assert all(not tensor.is_meta for tensor in [*folded.parameters(), *folded.buffers()])
+    assert all(a is not b for a, b in zip(folded.parameters(), model.parameters()))  # a copy: the model untouched
+
+
+def test_onednn_convs_hold_the_convs_own_parameters():
+    """`use_onednn_convs` puts a constructed `OneDNNConv2d` in place of each plain conv (no class swap), holding that
+    conv's very parameters and settings; a conv shared by two parents gets one replacement."""
+    shared = nn.Conv2d(4, 4, 3, padding=1, dilation=1, bias=False)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, stride=2), shared, nn.Sequential(shared, nn.Conv2d(4, 2, 3, padding=2, dilation=2)))
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN is not available in this torch build: use_onednn_convs leaves the convs as they are")
+    parameters = [model[0].weight, model[0].bias, shared.weight, model[2][1].weight]
+    assert use_onednn_convs(model) is model
+    assert all(type(conv) is OneDNNConv2d for conv in [model[0], model[1], model[2][0], model[2][1]])
+    assert model[1] is model[2][0]  # one replacement for the shared conv
+    replaced = [model[0].weight, model[0].bias, model[1].weight, model[2][1].weight]
+    assert all(a is b for a, b in zip(replaced, parameters))
+    assert (model[0].stride, model[2][1].padding, model[2][1].dilation, model[1].bias) == ((2, 2), (2, 2), (2, 2), None)
+    hidden_states = torch.randn(1, 3, 9, 11)
+    reference = nn.functional.conv2d(hidden_states, parameters[0], parameters[1], stride=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model[0](hidden_states), reference)
 
 
 def test_folded_model_refuses_training_and_saving(tmp_path):

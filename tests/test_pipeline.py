@@ -106,3 +106,66 @@ def test_pipeline_with_remote_code_without_the_package(model_folder, tmp_path):
     result = run_without_fpn_seg(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote pipeline OK SemanticFPNImageProcessor" in result.stdout
+
+
+# ------------------------------------------------------------------ transformers behaviours that fpn_seg/__init__.py works around
+# Each test below first shows the transformers 5.25 behaviour without the workaround (if transformers changes it, the
+# test fails: the workaround can go), then that the workaround removes its effect.
+
+
+def test_pipeline_reports_registered_models_as_unsupported_without_the_log_filter(model_folder):
+    """transformers' `ImageSegmentationPipeline.__init__` checks the model's class name against its built-in
+    `MODEL_FOR_*_SEGMENTATION_MAPPING_NAMES` tables only (`Pipeline.check_model_type` with plain dicts: classes added
+    by `AutoModelForSemanticSegmentation.register` are not looked up) and logs an error for our model, which it then
+    runs correctly. There is no public way to add a registered model to those tables; `fpn_seg` filters that one
+    message on the `transformers.pipelines.base` logger."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    import fpn_seg
+
+    logger = transformers_logging.get_logger("transformers.pipelines.base")
+    (workaround,) = [f for f in logger.filters if isinstance(f, fpn_seg._RegisteredSegmenterFilter)]
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Collect(logging.ERROR)
+    logger.addHandler(handler)
+    try:
+        logger.removeFilter(workaround)
+        pipeline("image-segmentation", model=str(model_folder))
+        assert any("'SemanticFPNForSemanticSegmentation' is not supported for image-segmentation" in r for r in records)
+        records.clear()
+        logger.addFilter(workaround)
+        pipeline("image-segmentation", model=str(model_folder))
+        assert not any("is not supported" in record for record in records)
+    finally:
+        logger.removeHandler(handler)
+        if workaround not in logger.filters:
+            logger.addFilter(workaround)
+
+
+def test_pipeline_asks_to_trust_a_video_processor_without_the_empty_registration(model_folder, monkeypatch):
+    """`pipeline()` also tries `AutoVideoProcessor.from_pretrained(folder)` (`ImageSegmentationPipeline` leaves
+    `_load_video_processor` unset, so the load is attempted and failures are ignored). Without a video-processor
+    entry for our config, transformers derives a remote video processor from the image processor's `auto_map` and
+    asks on the terminal whether to trust it; `fpn_seg` registers an empty entry (`video_processor_classes={}`), the
+    public `AutoVideoProcessor.register`, so the pipeline goes on without one and without asking."""
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING
+
+    from fpn_seg import SemanticFPNConfig
+
+    prompts = []
+    monkeypatch.setattr(builtins, "input", lambda *args: prompts.append(args) or "n")
+    monkeypatch.delitem(VIDEO_PROCESSOR_MAPPING._extra_content, SemanticFPNConfig)  # restored after the test
+    pipeline("image-segmentation", model=str(model_folder))
+    assert prompts, "transformers no longer asks: the empty AutoVideoProcessor registration in fpn_seg can go"
+    monkeypatch.undo()
+    monkeypatch.setattr(builtins, "input", lambda *args: prompts.append(args) or "n")
+    prompts.clear()
+    pipeline("image-segmentation", model=str(model_folder))
+    assert prompts == []

@@ -16,7 +16,7 @@ from fpn_seg.cuda_graphs import CapturedGraph, CUDAGraphRunner
 from fpn_seg.image_reading import image_to_tensor
 from fpn_seg.inference import prepare_model
 from fpn_seg.optimization import is_batch_norm_folded, optimize_for_inference
-from fpn_seg.prepared_model import ModelPlacementError, PreparedModel
+from fpn_seg.prepared_model import ModelPlacementError, PreparedModel, WeightsFingerprint
 from fpn_seg.segmenter import SegmentationOutOfMemoryError
 
 
@@ -376,3 +376,35 @@ def test_precision_and_graph_switches_are_checked():
     with pytest.raises(ValueError, match="runs as given there"):
         SemanticSegmenter(model, processor, device="meta", optimize=False)
     assert not SemanticSegmenter(model, processor).prepared.cuda_graphs  # CPU: today's exact default, eager
+
+
+def test_weights_fingerprint_rests_on_torch_version_counters():
+    """`WeightsFingerprint` reads `Tensor._version`, a private torch attribute (no public counterpart: hashing the
+    weights would cost a pass over them per call). This pins the torch behaviour it relies on: every in-place write
+    bumps the counter (an optimizer step, `load_state_dict`'s copies, an in-place op under `no_grad`, `fill_`), reading
+    the counter of a tensor made under `torch.inference_mode()` raises `RuntimeError` (such models are prepared on
+    every call), and the fingerprint turns stale after each write."""
+    model = SemanticFPNForSemanticSegmentation(tiny_config()).eval()
+    weight = model.decode_head.classifier.weight
+    writes = [
+        lambda: torch.optim.SGD(model.parameters(), lr=0.1).step(),
+        lambda: model.load_state_dict({name: tensor.clone() for name, tensor in model.state_dict().items()}),
+        lambda: torch.no_grad()(weight.mul_)(2.0),
+        lambda: torch.no_grad()(model.backbone.layer1[0].bn1.running_mean.fill_)(0.5),
+    ]
+    weight.grad = torch.ones_like(weight)
+    for write in writes:
+        fingerprint = WeightsFingerprint(model)
+        assert fingerprint.matches(model)
+        write()
+        assert not fingerprint.matches(model)
+    version = weight._version
+    torch.no_grad()(weight.add_)(1.0)
+    assert weight._version == version + 1
+    with torch.inference_mode():
+        made_in_inference_mode = torch.zeros(3)
+    with pytest.raises(RuntimeError):
+        made_in_inference_mode._version
+    with torch.inference_mode():
+        model_made_in_inference_mode = torch.nn.Linear(2, 2)
+    assert WeightsFingerprint.of(model_made_in_inference_mode) is None

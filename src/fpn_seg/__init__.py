@@ -34,7 +34,8 @@ __version__ = "0.1.0"
 class _RegisteredSegmenterFilter(logging.Filter):
     """`pipeline("image-segmentation")` checks the model class against transformers' built-in name tables only and
     logs an error for registered models such as ours (and for the ONNX Runtime model), although it runs them
-    correctly; drop that one message."""
+    correctly; drop that one message. transformers offers no public way to add a registered model to those tables;
+    `tests/test_pipeline.py` shows the message without this filter (so it fails once transformers stops logging it)."""
 
     MODELS = ("SemanticFPNForSemanticSegmentation", "ORTModelForSemanticSegmentation")
 
@@ -56,7 +57,8 @@ AutoImageProcessor.register(
     exist_ok=True,
 )
 # "No video processor": without this, pipeline() derives a remote video processor from the image processor's
-# `auto_map` and asks on the terminal whether to trust it (blocking for 15 s) before giving up on it.
+# `auto_map` and asks on the terminal whether to trust it (blocking for 15 s) before giving up on it. Pinned by
+# `tests/test_pipeline.py::test_pipeline_asks_to_trust_a_video_processor_without_the_empty_registration`.
 AutoVideoProcessor.register(SemanticFPNConfig, video_processor_classes={}, exist_ok=True)
 
 # `save_pretrained` then writes the code files and `auto_map`, so saved folders load with `trust_remote_code=True`.

@@ -5,8 +5,6 @@ backbone state dict loads after stripping its `backbone.` prefix. Hub code: impo
 """
 
 import contextlib
-import functools
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,13 +16,16 @@ from transformers.modeling_outputs import BackboneOutput
 
 from .configuration_resnet_v1c import ResNetV1cConfig
 
+# Every BatchNorm module class, by torch's public names (their common base `_BatchNorm` is private).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 @contextlib.contextmanager
 def _batch_norm_statistics_kept(module: nn.Module):
     """While inside, `module`'s BatchNorms normalise with batch statistics as usual but leave their running
     statistics as they are (momentum 0; `num_batches_tracked` put back on exit): the recomputation of a checkpointed
     block in the backward pass must not update them a second time, nor write to tensors autograd saved."""
-    norms = [norm for norm in module.modules() if isinstance(norm, nn.modules.batchnorm._BatchNorm)]
+    norms = [norm for norm in module.modules() if isinstance(norm, BATCH_NORMS)]
     saved = [(norm.momentum, None if norm.num_batches_tracked is None else norm.num_batches_tracked.clone()) for norm in norms]
     for norm in norms:
         norm.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged, bit for bit
@@ -38,43 +39,39 @@ def _batch_norm_statistics_kept(module: nn.Module):
                     norm.num_batches_tracked.copy_(tracked)
 
 
-@torch.compiler.disable  # dynamo cannot trace the closure's call count: under torch.compile the block runs eagerly
-def _checkpoint_keeping_batch_norm_statistics(checkpoint_function: Callable, block: nn.Module, forward, *args):
-    """`checkpoint_function(forward, *args)` (the function transformers injects: plain, with its kwargs, or
-    offloading), except that the recomputation of `forward` in the backward pass puts the running statistics of
-    `block`'s BatchNorms back, so that a checkpointed step updates them once, as a plain step does."""
-    calls = 0
+class RecomputationGuard:
+    """Handed to one checkpointed call of a residual block (as a keyword argument, which transformers'
+    `GradientCheckpointingLayer` binds into the function it checkpoints, so that the forward pass and the recomputation
+    in the backward pass receive the same guard): the first run of the block is the forward pass and updates the
+    BatchNorm running statistics; any later run is a recomputation and leaves them alone. A checkpointed step thus
+    updates them once, as a plain step does."""
 
-    def run(*inputs):
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # the forward pass
-            return forward(*inputs)
+    def __init__(self):
+        self.runs = 0
+
+    @torch.compiler.disable  # dynamo cannot trace the run count: under torch.compile the checkpointed block runs eagerly
+    def run(self, block: "ResNetV1cBlock", hidden_states: torch.Tensor) -> torch.Tensor:
+        self.runs += 1
+        if self.runs == 1:  # the forward pass
+            return block.residual(hidden_states)
         with _batch_norm_statistics_kept(block):  # a recomputation
-            return forward(*inputs)
-
-    return checkpoint_function(run, *args)
+            return block.residual(hidden_states)
 
 
 class ResNetV1cBlock(GradientCheckpointingLayer):
-    """Base of the residual blocks. With gradient checkpointing on (`model.gradient_checkpointing_enable()` /
-    `TrainingArguments(gradient_checkpointing=True)`, every option of transformers' mechanism), a training forward keeps
-    only the block's input and recomputes the rest in the backward pass, with the same BatchNorm statistics updates as
-    without checkpointing: the checkpoint function transformers injects is wrapped on assignment."""
+    """Base of the residual blocks (subclasses define `residual`). With gradient checkpointing on
+    (`model.activation_checkpointing_enable()` / `TrainingArguments(gradient_checkpointing=True)`, every option of
+    transformers' mechanism), a training forward keeps only the block's input and recomputes the rest in the backward
+    pass; the backbone passes a [`RecomputationGuard`] to each checkpointed call so that the BatchNorm statistics are
+    updated as without checkpointing."""
 
-    @property
-    def _gradient_checkpointing_func(self) -> Callable | None:
-        return self.__dict__.get("_checkpoint_function")
+    def forward(self, hidden_states: torch.Tensor, recomputation: RecomputationGuard | None = None) -> torch.Tensor:
+        if recomputation is None:
+            return self.residual(hidden_states)
+        return recomputation.run(self, hidden_states)
 
-    @_gradient_checkpointing_func.setter
-    def _gradient_checkpointing_func(self, function: Callable) -> None:
-        self.__dict__["_checkpoint_function"] = functools.partial(
-            _checkpoint_keeping_batch_norm_statistics, function, self
-        )
-
-    @_gradient_checkpointing_func.deleter
-    def _gradient_checkpointing_func(self) -> None:
-        self.__dict__.pop("_checkpoint_function", None)
+    def residual(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class ResNetV1cBasicBlock(ResNetV1cBlock):
@@ -91,7 +88,7 @@ class ResNetV1cBasicBlock(ResNetV1cBlock):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def residual(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
         hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
         hidden_states = self.bn2(self.conv2(hidden_states))
@@ -115,7 +112,7 @@ class ResNetV1cBottleneck(ResNetV1cBlock):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def residual(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_states if self.downsample is None else self.downsample(hidden_states)
         hidden_states = self.relu(self.bn1(self.conv1(hidden_states)))
         hidden_states = self.relu(self.bn2(self.conv2(hidden_states)))
@@ -236,7 +233,7 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
                 module.eval()
             if self.config.norm_eval:
                 for module in self.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    if isinstance(module, BATCH_NORMS):
                         module.eval()
         return self
 
@@ -278,8 +275,11 @@ class ResNetV1cBackbone(BackboneMixin, ResNetV1cPreTrainedModel):
             hidden_states = self.relu(self.bn1(self.conv1(pixel_values)))
         hidden_states = self.maxpool(hidden_states)  # (B, stem_channels, H/4, W/4)
         stage_outputs = [hidden_states]
+        checkpointing = self.training and torch.is_grad_enabled()
         for stage in range(1, 5):
-            hidden_states = getattr(self, f"layer{stage}")(hidden_states)  # (B, C_stage, H/s, W/s)
+            for block in getattr(self, f"layer{stage}"):  # (B, C_stage, H/s, W/s) after the stage
+                guard = RecomputationGuard() if checkpointing and block.gradient_checkpointing else None
+                hidden_states = block(hidden_states, recomputation=guard)
             stage_outputs.append(hidden_states)
         feature_maps = tuple(
             output for name, output in zip(self.stage_names, stage_outputs) if name in self.out_features

@@ -4,24 +4,19 @@ Hub code: imports only sibling hub files, so a saved folder loads with `trust_re
 """
 
 import math
-import os
-import pickle
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_outputs import SemanticSegmenterOutput
-from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
-from .atomic import WEIGHT_FILE_NAME, save_folder_atomically, split_push_options
 from .configuration_resnet_v1c import ResNetV1cConfig
 from .configuration_semantic_fpn import SemanticFPNConfig
+from .model_loading import StrictLoadingMixin
 from .modeling_resnet_v1c import ResNetV1cBackbone, init_batch_norm
 
 
@@ -143,7 +138,10 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int) -> None:
         )
 
 
-class SemanticFPNPreTrainedModel(PreTrainedModel):
+class SemanticFPNPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
+    """Base of the Semantic FPN models: mmseg's weight initialisation; strict loading and atomic saving come from
+    [`StrictLoadingMixin`] (`model_loading.py`)."""
+
     config: SemanticFPNConfig
     base_model_prefix = "semantic_fpn"
     main_input_name = "pixel_values"
@@ -154,143 +152,20 @@ class SemanticFPNPreTrainedModel(PreTrainedModel):
     # The loss is a per-batch mean (see `SemanticFPNConfig.loss_average`): the Trainer scales it for gradient
     # accumulation itself instead of passing `num_items_in_batch`.
     accepts_loss_kwargs = False
+    classifier_prefix = "decode_head.classifier"  # named by the message for a checkpoint of another class count
 
     def _init_weights(self, module):
-        """mmseg's initialisations: xavier-uniform FPN convs, kaiming-normal head convs, N(0, 0.01) classifier."""
-        if isinstance(module, SemanticFPNNeck):
-            for conv in [*module.lateral_convs, *module.fpn_convs]:
-                init.xavier_uniform_(conv.weight)
-                init.zeros_(conv.bias)
-        elif isinstance(module, SemanticFPNConvBlock):
-            init.kaiming_normal_(module.conv.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, SemanticFPNHead):
-            init.normal_(module.classifier.weight, mean=0.0, std=0.01)
-            init.zeros_(module.classifier.bias)
+        """PyTorch's default initialisation of the neck and head convs (kaiming-uniform weights with a=sqrt(5),
+        biases uniform in +-1/sqrt(fan_in)) and unit BatchNorms. transformers calls this on every module that owns
+        parameters, for a new model as for one materialised from the meta device (missing weights), so both get the
+        same distributions; the backbone's modules get the backbone's own `_init_weights`."""
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()  # in_channels / groups * kernel height * kernel width
+                init.uniform_(module.bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
         elif isinstance(module, nn.BatchNorm2d):
             init_batch_norm(module)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
-        """As `PreTrainedModel.from_pretrained`, but a checkpoint that does not fit the config is an error, not a
-        warning over randomly initialised layers.
-
-        strict (`bool`, defaults to `True`):
-            Refuse weights files that lack keys of the model or hold keys it does not have (a `config.json` and
-            weights of different networks, e.g. another backbone depth). `strict=False` loads them as transformers
-            does: missing weights randomly initialised, extra ones dropped, with its load report. Not applied when
-            the weights come as `state_dict` with no folder (`from_pretrained(None, config=..., state_dict=...)`)
-            or when `output_loading_info=True` asks for that report.
-
-        Weights of another shape (e.g. a classifier for another number of classes) are refused unless
-        `ignore_mismatched_sizes=True`, which re-initialises them (to fine-tune a new classifier).
-        """
-        ignore_mismatched_sizes = kwargs.pop("ignore_mismatched_sizes", False)
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        source = f"{cls.__name__}.from_pretrained({str(pretrained_model_name_or_path)!r})"
-        try:
-            model, loading_info = super().from_pretrained(
-                pretrained_model_name_or_path,
-                *model_args,
-                ignore_mismatched_sizes=True,  # checked below, with the keys and shapes named
-                output_loading_info=True,
-                **kwargs,
-            )
-        except pickle.UnpicklingError as error:  # a pickled weights file (.bin) that weights_only=True refuses
-            raise pickle.UnpicklingError(_unpickling_message(source, error)) from None
-        except Exception as error:
-            if type(error).__name__ != "SafetensorError":  # safetensors' class, named: hub code imports no safetensors
-                raise
-            raise OSError(
-                f"{source}: the weights file ({SAFE_WEIGHTS_NAME}) is truncated or corrupt ({error}); was the save "
-                "interrupted? Save the model again (save_pretrained writes the folder atomically)."
-            ) from None
-        if not ignore_mismatched_sizes and loading_info["mismatched_keys"]:
-            raise ValueError(_mismatched_keys_message(source, loading_info["mismatched_keys"], model.config))
-        # A plain load from a folder or hub id is strict; a given state_dict (`from_pretrained(None, config=...,
-        # state_dict=...)`) and a load that asks for its report (`output_loading_info=True`) get transformers' report.
-        strict = strict and pretrained_model_name_or_path is not None and not output_loading_info
-        if strict and (loading_info["missing_keys"] or loading_info["unexpected_keys"]):
-            missing, unexpected = loading_info["missing_keys"], loading_info["unexpected_keys"]
-            raise ValueError(_missing_keys_message(source, missing, unexpected))
-        return (model, loading_info) if output_loading_info else model
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        is_main_process: bool = True,
-        state_dict: dict | None = None,
-        push_to_hub: bool = False,
-        **kwargs,
-    ):
-        """As `PreTrainedModel.save_pretrained`, but atomic: the files are written to a hidden sibling folder and moved
-        in with `config.json` last, so a crash leaves the previous save (or a folder without `config.json`, which does
-        not load), never a mix of two saves that loads; other files in the folder are kept (see
-        `save_folder_atomically`). With `push_to_hub=True` the saved model is then uploaded with `push_to_hub`
-        (`repo_id` defaults to the folder name; `commit_message`, `private`, `token`, `create_pr`... are passed on).
-        """
-        if not is_main_process or kwargs.get("distributed_checkpoint"):  # every process writes: no staging folder
-            return super().save_pretrained(save_directory, is_main_process, state_dict, push_to_hub, **kwargs)
-        kwargs, hub_options = split_push_options(kwargs, save_directory)
-        save_folder = super().save_pretrained
-        save_folder_atomically(
-            lambda folder: save_folder(folder, state_dict=state_dict, **kwargs),
-            save_directory,
-            commit_file=CONFIG_NAME,
-            retire=WEIGHT_FILE_NAME,
-        )
-        if push_to_hub:
-            self.push_to_hub(**hub_options, max_shard_size=kwargs.get("max_shard_size", "50GB"))
-
-
-def _shown_keys(keys) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
-
-
-def _mismatched_keys_message(source: str, mismatched_keys, config: SemanticFPNConfig) -> str:
-    """Name the weights whose shapes differ; for the classifier, the two class counts and the fix."""
-    shapes = {key: (tuple(saved), tuple(model)) for key, saved, model in mismatched_keys}
-    listed = "; ".join(
-        f"{key}: {saved} in the checkpoint, {model} in the model" for key, (saved, model) in sorted(shapes.items())[:4]
-    )
-    classifier = shapes.get("decode_head.classifier.weight")
-    if classifier is not None and set(shapes) <= {"decode_head.classifier.weight", "decode_head.classifier.bias"}:
-        return (
-            f"{source}: the checkpoint's classifier has {classifier[0][0]} classes but the config asks for "
-            f"{config.num_labels} (num_labels / id2label) ({listed}). Drop num_labels / id2label to load the saved "
-            "classes, or pass ignore_mismatched_sizes=True to start a new classifier for the new classes (size "
-            "mismatch; then fine-tune it)."
-        )
-    return (
-        f"{source}: {len(shapes)} weights have another shape (size mismatch) than the config gives them: {listed}. "
-        "The config and the weights describe different networks; pass ignore_mismatched_sizes=True to re-initialise "
-        "those weights."
-    )
-
-
-def _unpickling_message(source: str, error: Exception) -> str:
-    found = re.search(r"(Unsupported global|unsupported GLOBAL|WeightsUnpickler error):? .*", str(error))
-    reason = (found.group(0) if found else str(error)[:300]).split(". ")[0].rstrip(".")  # torch's first sentence
-    return (
-        f"{source}: refused. The pickled weights file (pytorch_model.bin) cannot be read with "
-        f"torch.load(weights_only=True): {reason}. Loading it with weights_only=False could run code from the file, "
-        "which this model never does. Re-save the weights as safetensors (model.save_pretrained writes "
-        f"{SAFE_WEIGHTS_NAME}) in an environment that trusts the file."
-    )
-
-
-def _missing_keys_message(source: str, missing_keys, unexpected_keys) -> str:
-    parts = []
-    if missing_keys:
-        parts.append(f"the checkpoint lacks {len(missing_keys)} weights of the model ({_shown_keys(missing_keys)})")
-    if unexpected_keys:
-        shown = _shown_keys(unexpected_keys)
-        parts.append(f"the checkpoint holds {len(unexpected_keys)} weights the model does not have ({shown})")
-    return (
-        f"{source}: {' and '.join(parts)}. The config.json and the weights do not describe the same network (e.g. "
-        "another backbone depth or width, or weights of another model); loading would leave layers randomly "
-        "initialised. Pass strict=False to load it anyway (as transformers does, with its load report)."
-    )
 
 
 def build_backbone(config: SemanticFPNConfig) -> nn.Module:
@@ -436,22 +311,22 @@ class SemanticFPNForSemanticSegmentation(SemanticFPNPreTrainedModel):
             return pixel_losses.sum() / labels.numel()
         return pixel_losses.sum() / (labels != ignore_index).sum().clamp(min=1)
 
-    def _set_gradient_checkpointing(
-        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
-    ):
-        """As transformers' own, but refused with the backbone named when the backbone cannot checkpoint its blocks
-        (e.g. transformers' `ResNetBackbone`): Semantic FPN checkpoints the backbone's residual blocks."""
-        if enable and not getattr(self.backbone, "supports_gradient_checkpointing", False):
+    def activation_checkpointing_enable(self, *args, **kwargs):
+        """As transformers' own (also reached through the deprecated `gradient_checkpointing_enable` and the Trainer's
+        `gradient_checkpointing=True`), but refused with the backbone named when the backbone cannot checkpoint its
+        blocks (e.g. transformers' `ResNetBackbone`): Semantic FPN checkpoints the backbone's residual blocks."""
+        if not getattr(self.backbone, "supports_gradient_checkpointing", False):
             backbone_type = getattr(self.config.backbone_config, "model_type", None)
             raise ValueError(
                 f"Gradient checkpointing recomputes the backbone's blocks, and this model's backbone "
                 f"{type(self.backbone).__name__} (model_type {backbone_type!r}) does not support it; use the "
                 "ResNetV1c backbone or one whose transformers class supports gradient checkpointing."
             )
-        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        return super().activation_checkpointing_enable(*args, **kwargs)
 
 
 __all__ = [
+    "build_backbone",
     "check_label_values",
     "check_pixel_values",
     "image_sizes_of",

@@ -123,7 +123,15 @@ def fold_batch_norm(model: SemanticFPNForSemanticSegmentation) -> BatchNormFolde
     """
     if not isinstance(model, SemanticFPNForSemanticSegmentation):
         raise TypeError(f"fold_batch_norm takes a SemanticFPNForSemanticSegmentation; got a {type(model).__name__}.")
-    folded = copy.deepcopy(model).eval()
+    with torch.device("meta"):  # the structure only: the weights are the model's, copied below
+        folded = BatchNormFoldedSemanticFPN(copy.deepcopy(model.config))
+    weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    folded.load_state_dict(weights, assign=True)  # every tensor, strides (e.g. channels_last) and dtype kept
+    for name, buffer in model.named_buffers():  # buffers outside the state dict (persistent=False), if any
+        if name not in weights:
+            owner, _, leaf = name.rpartition(".")
+            folded.get_submodule(owner).register_buffer(leaf, buffer.detach().clone(), persistent=False)
+    folded.eval()
     pairs = [(block, "conv", "norm") for block in folded.decode_head.modules() if isinstance(block, SemanticFPNConvBlock)]
     if hasattr(folded.backbone, "conv_norm_pairs"):
         pairs += folded.backbone.conv_norm_pairs()
@@ -133,7 +141,6 @@ def fold_batch_norm(model: SemanticFPNForSemanticSegmentation) -> BatchNormFolde
             setattr(parent, conv_name, fold_batch_norm_into_conv(conv, norm))
             setattr(parent, norm_name, nn.Identity())
     folded.requires_grad_(False)
-    folded.__class__ = BatchNormFoldedSemanticFPN
     return folded
 
 
@@ -165,13 +172,31 @@ class OneDNNConv2d(nn.Conv2d):
         )
 
 
+def onednn_conv_of(conv: nn.Conv2d) -> OneDNNConv2d:
+    """A [`OneDNNConv2d`] with `conv`'s settings and its very parameters (shared, not copied)."""
+    with torch.device("meta"):  # no weights allocated: `conv`'s are put in below
+        onednn_conv = OneDNNConv2d(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        )  # fmt: skip
+    onednn_conv.weight, onednn_conv.bias = conv.weight, conv.bias
+    return onednn_conv.train(conv.training)
+
+
 def use_onednn_convs(model: nn.Module) -> nn.Module:
-    """Turn every plain `nn.Conv2d` of `model` into a [`OneDNNConv2d`] in place (same parameters); returns `model`."""
+    """Replace every plain `nn.Conv2d` of `model` by a [`OneDNNConv2d`] holding the same parameters, in place; returns
+    `model` (or its replacement when `model` itself is a plain `nn.Conv2d`)."""
     if not torch.backends.mkldnn.is_available():
         return model
-    for module in model.modules():
-        if type(module) is nn.Conv2d:
-            module.__class__ = OneDNNConv2d
+    if type(model) is nn.Conv2d:
+        return onednn_conv_of(model)
+    replacements = {}  # a conv shared by two parents gets one replacement
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv2d:
+                if id(child) not in replacements:
+                    replacements[id(child)] = onednn_conv_of(child)
+                setattr(parent, name, replacements[id(child)])
     return model
 
 

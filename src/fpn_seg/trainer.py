@@ -31,7 +31,8 @@ from transformers import Trainer, TrainingArguments
 from .data import TrainTransform
 from .data.image_ops import TorchImageOps, opencv_hsv_matches
 from .data.reading import ReadingLog, TrainingDataError, example_files, read_training_example, storage_columns
-from .data.transforms import AugmentationPlan, mix_seed, single_threaded
+from .data.augmentation import AugmentationPlan, mix_seed
+from .data.transforms import single_threaded
 from .metrics.trainer import TRAINER_PADDING_INDEX
 
 AUGMENT_ON = ("workers", "device")
