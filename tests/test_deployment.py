@@ -80,7 +80,8 @@ def test_export_writes_a_self_describing_folder(tiny, capsys):
     onnx_model = ORTModelForSemanticSegmentation.from_pretrained(onnx_dir)
     assert onnx_model.config.id2label == model.config.id2label
     saved = json.loads((onnx_dir / "preprocessor_config.json").read_text())
-    assert saved["scale"] == [96, 64] and "auto_map" not in saved  # no torch code ships with an ONNX folder
+    assert saved["size"] == {"shortest_edge": 64, "longest_edge": 96}
+    assert "auto_map" not in saved  # no torch code ships with an ONNX folder
     assert "auto_map" not in json.loads((onnx_dir / "config.json").read_text())
 
 
