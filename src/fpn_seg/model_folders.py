@@ -78,7 +78,7 @@ def load_processor(source: str, config, where: str, has_processor: bool | None =
         processor = SemanticFPNImageProcessor.from_model_config(config)
         print(
             f"note: the {where} has no {IMAGE_PROCESSOR_NAME}; using SemanticFPNImageProcessor.from_model_config(config): "
-            f"test scale {processor.scale}, mmseg's mean/std, the config's label policy.",
+            f"test size {processor.size}, mmseg's mean/std, the config's label policy.",
             file=sys.stderr,
         )
     if not all(hasattr(processor, method) for method in ("test_size", "resize_image", "normalize_image")):

@@ -131,8 +131,8 @@ class SegmentationService:
         from ..deployment.runtime_choice import RUNTIME_NAMES
 
         runtime = "PyTorch" if self.runtime == "torch" else RUNTIME_NAMES[self.runtime]
-        line = (f"{self.config.num_labels} classes, backbone {backbone}{f'-{depth}' if depth else ''}, test scale "
-                f"{self.processor.scale or self.processor.size}, {runtime}.")  # fmt: skip
+        line = (f"{self.config.num_labels} classes, backbone {backbone}{f'-{depth}' if depth else ''}, test size "
+                f"{self.processor.size}, {runtime}.")  # fmt: skip
         if self.choice is not None and self.choice.reason != "asked for":
             line += f" Runtime auto chose {self.choice.summary()}."
         return line
