@@ -332,7 +332,7 @@ def test_missing_processor_config_falls_back_with_a_note(tmp_path, capsys, model
     folder = _copy(model_dir, tmp_path / "no_processor", skip="preprocessor_config.json")
     status, _, stderr = _predict(capsys, folder, images["rgb"], "--output-dir", tmp_path / "out", "--no-overlay")
     assert status == 0, stderr
-    assert "no preprocessor_config.json" in stderr and "[2048, 1024]" in stderr
+    assert "no preprocessor_config.json" in stderr and "{'shortest_edge': 1024, 'longest_edge': 2048}" in stderr
     assert np.asarray(Image.open(tmp_path / "out" / "street_label.png")).shape == (30, 50)
 
 
