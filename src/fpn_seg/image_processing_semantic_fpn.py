@@ -40,6 +40,7 @@ from .processor_options import (
     resolve_size,
     scale_of,
     scaled_size,
+    size_from_scale,
     standardize_options,
 )
 
@@ -227,7 +228,7 @@ class SemanticFPNImageProcessor(BaseImageProcessor):
         """The `size` setting of multi-scale testing at `ratio` for an `height` x `width` image: `self.size` (or,
         when `do_resize` is off, the image's own size as a keep-ratio setting) with each side `int(side * ratio)`,
         as mmseg's `MultiScaleFlipAug` scales `(long, short)`."""
-        size = self.size if self.do_resize else {"shortest_edge": min(height, width), "longest_edge": max(height, width)}
+        size = self.size if self.do_resize else size_from_scale((height, width), type(self).__name__)
         return scaled_size(size, ratio)
 
     def test_size(self, height: int, width: int, ratio: float = 1.0) -> tuple[int, int]:

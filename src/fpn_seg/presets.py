@@ -10,6 +10,7 @@ from .configuration_semantic_fpn import SemanticFPNConfig
 from .image_processing_semantic_fpn import SemanticFPNImageProcessor
 from .label_policy import LabelPolicy
 from .label_sets import DATASET_CLASSES
+from .processor_options import size_from_scale
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,7 @@ def preset_processor(name: str, **kwargs) -> SemanticFPNImageProcessor:
     override options (`size` or its alias `scale` replaces the preset's)."""
     preset = get_preset(name)
     policy = LabelPolicy(reduce_labels=preset.reduce_labels)
-    test_size = {"shortest_edge": min(preset.test_scale), "longest_edge": max(preset.test_scale)}
-    resize = {} if {"size", "scale"} & set(kwargs) else {"size": test_size}
+    resize = {} if {"size", "scale"} & set(kwargs) else {"size": size_from_scale(preset.test_scale, name)}
     return SemanticFPNImageProcessor(**{**resize, **policy.processor_options(), **kwargs})
 
 

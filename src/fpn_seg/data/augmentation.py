@@ -12,6 +12,7 @@ import torch
 
 from ..label_policy import LabelPolicy
 from ..opencv_exact import HUE_RANGE
+from ..processor_options import output_size, size_from_scale
 from .image_ops import TorchImageOps, convert_table
 
 
@@ -86,10 +87,9 @@ def photometric_distortion(
 
 
 def keep_ratio_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, int]:
-    """mmcv's `rescale_size`: the largest size keeping the ratio that fits `scale` (long, short), as (h, w)."""
-    long_side, short_side = max(scale), min(scale)
-    factor = min(long_side / max(height, width), short_side / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    """mmcv's `rescale_size`: the largest size keeping the ratio that fits `scale` (long, short), as (h, w); the
+    processor's keep-ratio rule (`processor_options.output_size`)."""
+    return output_size(size_from_scale(scale, "RandomResize"), height, width)
 
 
 def random_crop_box(

@@ -39,25 +39,26 @@ def _libc():
 _LIBC = _libc()
 
 
+def _read_signal_stack() -> _SignalStack | None:
+    """The calling thread's `stack_t`; None where it cannot be read (not Linux, no libc)."""
+    stack = _SignalStack()
+    return stack if _LIBC is not None and _LIBC.sigaltstack(None, ctypes.byref(stack)) == 0 else None
+
+
 def current_signal_stack() -> tuple[int, int, int] | None:
     """The calling thread's alternate signal stack as (address, flags, size); None where it cannot be read."""
-    if _LIBC is None:
-        return None
-    stack = _SignalStack()
-    if _LIBC.sigaltstack(None, ctypes.byref(stack)) != 0:
-        return None
-    return stack.ss_sp or 0, stack.ss_flags, stack.ss_size
+    stack = _read_signal_stack()
+    return None if stack is None else (stack.ss_sp or 0, stack.ss_flags, stack.ss_size)
 
 
 @contextlib.contextmanager
 def kept_signal_stack() -> Iterator[None]:
     """Run the block, then give the calling thread back the alternate signal stack it had before (if it changed)."""
-    before = _SignalStack()
-    readable = _LIBC is not None and _LIBC.sigaltstack(None, ctypes.byref(before)) == 0
+    before = _read_signal_stack()
     try:
         yield
     finally:
-        if readable and current_signal_stack() != (before.ss_sp or 0, before.ss_flags, before.ss_size):
+        if before is not None and current_signal_stack() != (before.ss_sp or 0, before.ss_flags, before.ss_size):
             before.ss_flags &= 0x2  # SS_DISABLE is the one flag sigaltstack takes (SS_ONSTACK is only reported)
             _LIBC.sigaltstack(ctypes.byref(before), None)
 
